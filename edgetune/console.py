@@ -1,0 +1,62 @@
+"""Rich rendering of pipeline events and results. Only the CLI imports this module."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+console = Console(stderr=True)
+out = Console()
+
+
+class RichEvents:
+    """Live stage view: one line per stage, a progress bar while it runs."""
+
+    def __init__(self) -> None:
+        self._progress = Progress(
+            SpinnerColumn(), TextColumn("[bold]{task.fields[stage]:<9}"), BarColumn(),
+            MofNCompleteColumn(), TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
+            console=console, transient=False,
+        )
+        self._tasks: dict[str, int] = {}
+
+    def __enter__(self) -> RichEvents:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._progress.stop()
+
+    def stage(self, name: str, detail: str = "") -> None:
+        self._tasks[name] = self._progress.add_task("", total=None, stage=name, detail=detail)
+
+    def progress(self, name: str, done: int, total: int, detail: str = "") -> None:
+        task = self._tasks.get(name)
+        if task is None:
+            self.stage(name)
+            task = self._tasks[name]
+        self._progress.update(task, completed=done, total=total, detail=detail)
+
+    def note(self, message: str) -> None:
+        self._progress.console.print(f"[yellow]note:[/] {message}")
+
+    def stage_done(self, name: str, summary: str = "") -> None:
+        task = self._tasks[name]
+        total = self._progress.tasks[self._tasks[name]].total or 1
+        self._progress.update(task, completed=total, total=total, detail=f"[green]✓[/] {summary}")
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def eval_table(report: dict) -> Table:
+    table = Table(title="Quants vs F16 (held-out data)")
+    for col in ("quant", "size", "RAM needed", "perplexity", "PPL ratio", "prefill tok/s",
+                "decode tok/s"):
+        table.add_column(col, justify="left" if col == "quant" else "right")
+    for quant, m in report["quants"].items():
+        table.add_row(quant, _mib(m["size_bytes"]), _mib(m["ram_needed_bytes"]), f"{m['ppl']:.3f}",
+                      f"{m['ppl_ratio']:.4f}", f"{m['prefill_tps']:,.0f}", f"{m['decode_tps']:,.0f}")
+    return table

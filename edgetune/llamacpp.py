@@ -1,0 +1,72 @@
+"""Where llama.cpp's pieces live: the runtime (llama-cpp-python), its tools and its converter.
+
+One pinned source for all of them: llama-cpp-python 0.3.36's sdist vendors llama.cpp. Setup
+(``make setup``) builds the runtime with its tools from that sdist and copies the vendored
+``convert_hf_to_gguf.py`` (and its ``conversion`` package) into ``<venv>/share/edgetune/llama.cpp``
+with a VERSION file; its gguf-py is installed as the ``gguf`` package. Nothing is fetched at run
+time, and the converter always matches the runtime that loads its output.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from edgetune.errors import ToolchainError
+
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+_SETUP_HINT = "run `make setup` (it builds llama-cpp-python with its tools and installs the converter)"
+
+
+def converter_dir() -> Path:
+    """The directory holding ``convert_hf_to_gguf.py``, checked against the runtime version."""
+    root = Path(os.environ.get("EDGETUNE_LLAMA_CPP_DIR")
+                or Path(sys.prefix) / "share" / "edgetune" / "llama.cpp")
+    script = root / "convert_hf_to_gguf.py"
+    if not script.is_file():
+        raise ToolchainError(f"llama.cpp's converter is not installed (looked in {root})", hint=_SETUP_HINT)
+    version_file = root / "VERSION"
+    found = version_file.read_text().strip() if version_file.is_file() else "unknown"
+    runtime = runtime_version()
+    if found != runtime:
+        raise ToolchainError(
+            f"converter from llama-cpp-python {found} does not match the runtime {runtime}",
+            hint=_SETUP_HINT,
+        )
+    return root
+
+
+def runtime_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("llama-cpp-python")
+    except Exception as exc:
+        raise ToolchainError("llama-cpp-python is not installed", hint=_SETUP_HINT) from exc
+
+
+def _package_dir() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or not spec.origin:
+        raise ToolchainError("llama-cpp-python is not installed", hint=_SETUP_HINT)
+    return Path(spec.origin).parent
+
+
+def tool(name: str) -> tuple[Path, dict[str, str]]:
+    """Path to a llama.cpp tool binary (e.g. ``llama-perplexity``) and the env to run it with.
+
+    The tools land in ``site-packages/bin`` without an RPATH, so they need
+    ``LD_LIBRARY_PATH=<site-packages>/lib`` (FACTS.md).
+    """
+    site = _package_dir().parent
+    binary = site / "bin" / name
+    if not binary.is_file():
+        raise ToolchainError(f"llama.cpp tool {name} is not installed (looked in {binary.parent})",
+                             hint=_SETUP_HINT)
+    env = dict(os.environ)
+    libdirs = [str(site / "lib"), str(_package_dir() / "lib")]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(libdirs + [env.get("LD_LIBRARY_PATH", "")])
+    return binary, env

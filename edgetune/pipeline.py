@@ -1,0 +1,216 @@
+"""The whole way: data -> train -> merge -> convert -> quantise -> evaluate -> bundle (signed).
+
+``build`` wires the stage functions together; it never prints. Progress goes to a
+``BuildEvents`` object (the CLI renders it with rich; tests record it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from edgetune import paths
+from edgetune.artifacts import Bundle
+from edgetune.data import Columns, QARow, load_qa, split_qa
+from edgetune.errors import OutputExistsError
+from edgetune.profiles import QuantProfile
+from edgetune.train import StepLog, TrainConfig
+
+STAGES = ("data", "train", "merge", "convert", "quantise", "evaluate", "bundle")
+
+
+@dataclass(frozen=True)
+class Project:
+    """What to build: the creator's data, base model, persona and training settings."""
+
+    name: str
+    data: Path
+    base_model: str | None = None  # None: the built-in demo base model
+    columns: Columns = Columns()
+    system_prompt: str = ""
+    greeting: str = "Hi! Ask me a question."
+    creator: str = "edgetune user"
+    base_model_license: str = "other"
+    version: str = "0.1.0"
+    eval_fraction: float = 0.1
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def demo_project() -> Project:
+    from edgetune.demo import DEMO_DATA, DEMO_NAME, SYSTEM_PROMPT
+
+    return Project(name=DEMO_NAME, data=DEMO_DATA, system_prompt=SYSTEM_PROMPT,
+                   greeting="Hi! Ask me which number is larger, or a short word problem.",
+                   creator="edgetune demo", base_model_license="apache-2.0",
+                   train=TrainConfig(system_prompt=SYSTEM_PROMPT))
+
+
+class BuildEvents(Protocol):
+    def stage(self, name: str, detail: str = "") -> None: ...
+    def progress(self, name: str, done: int, total: int, detail: str = "") -> None: ...
+    def note(self, message: str) -> None: ...
+    def stage_done(self, name: str, summary: str = "") -> None: ...
+
+
+class SilentEvents:
+    def stage(self, name, detail=""): pass
+    def progress(self, name, done, total, detail=""): pass
+    def note(self, message): pass
+    def stage_done(self, name, summary=""): pass
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    bundle: Bundle
+    public_key: Path
+    eval_report: dict
+
+
+def build(project: Project, profile: QuantProfile, out: Path, *, key: Path | None = None,
+          passphrase: str | None = None, overwrite: bool = False,
+          events: BuildEvents | None = None) -> BuildResult:
+    """Run every stage into ``out/<stage>`` and return the signed bundle."""
+    import json
+
+    from edgetune.bundle import BundleInfo, BundleModel, build_bundle
+    from edgetune.convert import convert
+    from edgetune.evaluate import evaluate
+    from edgetune.merge import merge
+    from edgetune.quantise import quantise
+    from edgetune.train import train
+
+    ev = events or SilentEvents()
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise OutputExistsError(f"{out} already exists",
+                                hint="choose another --out directory or pass --overwrite")
+    # Bad input fails here, before anything is created (keys, models, output folders).
+    ev.stage("data", str(project.data))
+    rows = load_qa(project.data, project.columns).rows
+    splits = split_qa(rows, eval_fraction=project.eval_fraction)
+    ev.stage_done("data", f"{len(splits.train)} train / {len(splits.eval)} held-out rows")
+    private_key, public_key = _signing_key(key, ev)
+
+    base_model = project.base_model or _demo_base(ev)
+    ev.stage("train", f"GRPO, {project.train.steps} steps")
+    adapter = train(base_model, splits.train, project.train, out / "adapter", overwrite=overwrite,
+                    on_step=lambda s: ev.progress("train", s.step, s.total, _step_detail(s)))
+    ev.stage_done("train", f"{adapter.steps} steps on {adapter.effective_config.get('device')}")
+
+    ev.stage("merge")
+    merged = merge(adapter, out / "merged", overwrite=overwrite)
+    ev.stage_done("merge", f"max weight change {merged.max_weight_delta:.2e}")
+
+    from edgetune.hf import load_tokenizer
+
+    tokenizer = load_tokenizer(merged.path)
+    held_out = [_chat_text(tokenizer, project, r) for r in splits.eval]
+    file_name = _file_stem(project.name)
+    ev.stage("convert", "F16 GGUF + parity checks")
+    f16 = convert(merged.path, out / "gguf", name=file_name, parity_texts=held_out,
+                  overwrite=overwrite)
+    ev.stage_done("convert", f"logit KLD {f16.logit_parity['mean_kld']:.1e}, "
+                             f"top-1 {f16.logit_parity['top1']:.1%}")
+
+    ev.stage("quantise", ", ".join(profile.quants))
+    quants = quantise(f16, profile.quants, out / "quants", name=file_name, overwrite=overwrite,
+                      on_progress=lambda q, i, n: ev.progress("quantise", i, n, q))
+    ev.stage_done("quantise", ", ".join(quants.files))
+
+    ev.stage("evaluate", f"{len(held_out)} held-out rows")
+    report = evaluate(f16, quants, held_out, out / "eval", context_length=profile.context_length,
+                      n_ctx=profile.eval_context, overwrite=overwrite,
+                      on_progress=lambda q, i, n: ev.progress("evaluate", i, n, q))
+    eval_results = json.loads((report.path / report.file).read_text())
+    ev.stage_done("evaluate")
+
+    ev.stage("bundle", "manifest, model card, signature")
+    info = BundleInfo(
+        name=file_name,
+        bundle_id=_bundle_id(project.name),
+        version=project.version,
+        creator_name=project.creator,
+        base_model=_base_name(base_model),
+        base_model_license=project.base_model_license,
+        chat_template=tokenizer.chat_template or "",
+        stop_strings=tuple(s for s in [tokenizer.eos_token] if s),
+        default_context=profile.context_length,
+        system_prompt=project.system_prompt,
+        greeting=project.greeting,
+        training={"method": adapter.method, "backend": adapter.backend, "steps": adapter.steps,
+                  "dataset_rows": len(splits.train), "rewards": list(project.train.rewards),
+                  "effective_config": adapter.effective_config},
+        eval_results=eval_results,
+    )
+    models = [BundleModel(quant=q, source=quants.gguf(q), architecture=f16.architecture,
+                          context_length=profile.context_length,
+                          ram_needed_bytes=eval_results["quants"][q]["ram_needed_bytes"])
+              for q in quants.files]
+    bundle = build_bundle(out / "bundle", info, models, private_key=private_key,
+                          passphrase=passphrase, overwrite=overwrite)
+    ev.stage_done("bundle", str(bundle.path))
+    return BuildResult(bundle=bundle, public_key=public_key, eval_report=eval_results)
+
+
+def _signing_key(key: Path | None, ev: BuildEvents) -> tuple[Path, Path]:
+    """The creator's key pair; the default one is created on first use (never inside a bundle)."""
+    from edgetune.errors import KeyFileError
+    from edgetune.signing import generate_keypair
+
+    if key is not None:
+        key = Path(key)
+        public = key.with_suffix(".pub")
+        if not key.is_file():
+            raise KeyFileError(f"signing key {key} not found",
+                               hint="create one with `edgetune keys new`")
+        return key, public
+    default = paths.keys_dir() / "edgetune.key"
+    if not default.is_file():
+        pair = generate_keypair(paths.keys_dir())
+        ev.note(f"created a signing key pair: {pair.private_key} (keep it safe), {pair.public_key}")
+    return default, default.with_suffix(".pub")
+
+
+def _demo_base(ev: BuildEvents) -> str:
+    from edgetune.demo.model import PRETRAIN_STEPS, demo_base_model
+
+    ev.stage("base", "building the demo base model (first run only)")
+    path = demo_base_model(on_step=lambda s, n, loss: ev.progress("base", s, n, f"loss {loss:.3f}"))
+    ev.stage_done("base", f"demo model ({PRETRAIN_STEPS} pretraining steps) at {path}")
+    return str(path)
+
+
+def _chat_text(tokenizer, project: Project, row: QARow) -> str:
+    """A held-out conversation as the model sees it: system, question, reference answer."""
+    from edgetune.demo.model import formatted_answer
+
+    messages = [{"role": "system", "content": project.system_prompt}] if project.system_prompt else []
+    messages += [{"role": "user", "content": row.question},
+                 {"role": "assistant", "content": formatted_answer(row)}]
+    return tokenizer.apply_chat_template(messages, tokenize=False)
+
+
+def _step_detail(step: StepLog) -> str:
+    m = step.metrics
+    return f"reward {float(m.get('reward', 0)):.2f}, zero-std {float(m.get('frac_reward_zero_std', 0)):.2f}"
+
+
+def _file_stem(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "model"
+
+
+def _bundle_id(name: str) -> str:
+    slug = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:48] or "model"
+    return f"{slug}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def _base_name(base_model: str) -> str:
+    path = Path(base_model)
+    return "edgetune-demo-base (built locally)" if "demo-base" in path.name else base_model
+
+
+ProgressFn = Callable[[int, int, str], None]

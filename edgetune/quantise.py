@@ -1,0 +1,73 @@
+"""quantise: one F16 GGUF -> Q4_K_M, Q5_K_M, Q8_0 ... with llama.cpp's quantiser, in-process."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from edgetune.artifacts import GgufModel, QuantizedModels, atomic_dir
+from edgetune.errors import ConfigError, ToolchainError
+
+# Quant name -> llama_cpp ftype constant name.
+QUANT_TYPES = {
+    "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
+    "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+    "Q5_K_M": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
+    "Q6_K": "LLAMA_FTYPE_MOSTLY_Q6_K",
+    "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
+}
+# GGML tensor types a K-quant silently falls back to when a row is not a multiple of 256.
+_FALLBACK_TYPES = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"}
+
+
+def quantise(gguf: GgufModel, quants: Sequence[str], out: Path, *, name: str,
+             overwrite: bool = False,
+             on_progress: Callable[[str, int, int], None] | None = None) -> QuantizedModels:
+    """Write ``out/<name>-<QUANT>.gguf`` for each quant and report K-quant fallbacks."""
+    unknown = [q for q in quants if q not in QUANT_TYPES]
+    if unknown:
+        raise ConfigError(f"unknown quant type {', '.join(unknown)}",
+                          hint=f"choose from {', '.join(QUANT_TYPES)}")
+    files: dict[str, str] = {}
+    fallbacks: dict[str, int] = {}
+    with atomic_dir(out, overwrite=overwrite) as scratch:
+        for i, quant in enumerate(quants):
+            if on_progress:
+                on_progress(quant, i, len(quants))
+            file = f"{name}-{quant}.gguf"
+            quantise_file(gguf.gguf, scratch / file, quant)
+            files[quant] = file
+            fallbacks[quant] = count_fallbacks(scratch / file, quant)
+        artifact = QuantizedModels(path=scratch, source_gguf=str(gguf.gguf), files=files,
+                                   fallbacks=fallbacks)
+        artifact.save()
+    return dataclasses.replace(artifact, path=out)
+
+
+def quantise_file(src: Path, dst: Path, quant: str) -> None:
+    import ctypes
+
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, QUANT_TYPES[quant])
+    params.nthread = 0  # all cores
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    if rc != 0 or not dst.is_file():
+        raise ToolchainError(f"llama.cpp failed to quantise {src.name} to {quant} (code {rc})",
+                             hint="check free disk space and that the F16 GGUF loads")
+
+
+def count_fallbacks(path: Path, quant: str) -> int:
+    """How many weight matrices did not get the K-quant type asked for (rows not 256-aligned)."""
+    if "_K" not in quant:
+        return 0
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    count = 0
+    for tensor in reader.tensors:
+        if len(tensor.shape) >= 2 and tensor.tensor_type.name in _FALLBACK_TYPES:
+            count += 1
+    return count

@@ -1,0 +1,314 @@
+"""Sign and verify edgetune bundles with the OpenSSF ``model_signing`` library.
+
+``model.sig`` is a Sigstore bundle written and checked by ``model_signing`` itself
+(ECDSA P-256 key signing). It covers every file of the bundle except ``model.sig``,
+so ``model_signing.verifying.Config().use_elliptic_key_verifier(public_key=pub)
+.verify(bundle, bundle / "model.sig")`` accepts our bundles with no extra config.
+
+Because that default verifier silently skips git metadata (``.git``, ``.github``,
+``.gitattributes``, ``.gitignore`` at the top of the bundle), such paths can never
+be covered compatibly: :func:`sign_bundle` refuses bundles holding them, and
+:func:`verify_signature` reports them as unsigned (added) files.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgetune.errors import KeyFileError, VerificationError
+
+SIGNATURE_FILE = "model.sig"
+_GIT_PATHS = (".git", ".github", ".gitattributes", ".gitignore")  # ignored by model_signing
+_CHUNK = 1 << 20
+_KEY_HINT = "Keys come from `edgetune keygen` (ECDSA P-256, PEM)."
+_SIG_HINT = ("Check that you have the creator's public key; otherwise the bundle or its "
+             "signature was altered after signing.")
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    private_key: Path
+    public_key: Path
+    key_id: str
+
+
+def _passphrase_bytes(passphrase: str | None) -> bytes | None:
+    # model_signing annotates the password as str but hands it straight to
+    # cryptography, which needs bytes. An empty passphrase means "none".
+    return passphrase.encode("utf-8") if passphrase else None
+
+
+def _write_new(path: Path, data: bytes, mode: int, overwrite: bool) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+    fd = os.open(path, flags, mode)
+    try:
+        os.fchmod(fd, mode)  # exact mode regardless of umask or a previous file
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def generate_keypair(directory: Path, name: str = "edgetune", passphrase: str | None = None,
+                     *, overwrite: bool = False) -> KeyPair:
+    """Create ``<name>.key`` (PKCS8 PEM, 0600) and ``<name>.pub`` (SPKI PEM, 0644)."""
+    from cryptography.hazmat.primitives import serialization as ser
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    directory = Path(directory)
+    priv_path, pub_path = directory / f"{name}.key", directory / f"{name}.pub"
+    if not overwrite:
+        for p in (priv_path, pub_path):
+            if os.path.lexists(p):
+                raise KeyFileError(f"{p} already exists; refusing to overwrite a key",
+                                   "Pick another --name or directory, or pass --overwrite.")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        key = ec.generate_private_key(ec.SECP256R1())
+        pw = _passphrase_bytes(passphrase)
+        enc: ser.KeySerializationEncryption = (
+            ser.BestAvailableEncryption(pw) if pw else ser.NoEncryption())
+        _write_new(priv_path, key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, enc),
+                   0o600, overwrite)
+        pub_pem = key.public_key().public_bytes(ser.Encoding.PEM,
+                                                ser.PublicFormat.SubjectPublicKeyInfo)
+        _write_new(pub_path, pub_pem, 0o644, overwrite)
+    except OSError as e:
+        raise KeyFileError(f"cannot write key files in {directory}: {e.strerror}",
+                           "Check that the directory is writable.") from e
+    return KeyPair(priv_path, pub_path, _key_id(key.public_key()))
+
+
+def _key_id(public_key: Any) -> str:
+    from cryptography.hazmat.primitives import serialization as ser
+
+    der = public_key.public_bytes(ser.Encoding.DER, ser.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
+def _check_p256(key: Any, path: Path, kind: str) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    if not isinstance(key, (ec.EllipticCurvePublicKey, ec.EllipticCurvePrivateKey)) \
+            or not isinstance(key.curve, ec.SECP256R1):
+        raise KeyFileError(f"{path} is not an ECDSA P-256 {kind} key", _KEY_HINT)
+
+
+def _read_key_file(path: Path, kind: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError as e:
+        raise KeyFileError(f"{kind} key file not found: {path}", _KEY_HINT) from e
+    except OSError as e:
+        raise KeyFileError(f"cannot read {kind} key file {path}: {e.strerror}",
+                           "Check the path and its permissions.") from e
+
+
+def _load_public_key(path: Path) -> Any:
+    from cryptography.hazmat.primitives import serialization as ser
+
+    data = _read_key_file(path, "public")
+    try:
+        key = ser.load_pem_public_key(data)
+    except (ValueError, TypeError) as e:
+        raise KeyFileError(f"{path} is not a PEM public key",
+                           "Pass the creator's .pub file, not the private key.") from e
+    _check_p256(key, path, "public")
+    return key
+
+
+def key_id_of(public_key_path: Path) -> str:
+    """sha256 hex of the public key's DER SubjectPublicKeyInfo."""
+    return _key_id(_load_public_key(Path(public_key_path)))
+
+
+def _load_private_key(path: Path, passphrase: str | None) -> None:
+    from cryptography.hazmat.primitives import serialization as ser
+
+    data = _read_key_file(path, "private")
+    pw = _passphrase_bytes(passphrase)
+    try:
+        key = ser.load_pem_private_key(data, pw)
+    except TypeError as e:  # never echo the passphrase or key bytes
+        if pw is None:
+            raise KeyFileError(f"{path} is protected by a passphrase",
+                               "Supply the passphrase the key was created with.") from None
+        raise KeyFileError(f"{path} is not encrypted but a passphrase was given",
+                           "Sign without a passphrase.") from None
+    except ValueError:
+        if pw is not None and b"ENCRYPTED" in data:
+            raise KeyFileError(f"wrong passphrase for {path}",
+                               "Re-enter the passphrase the key was created with.") from None
+        raise KeyFileError(f"{path} is not a readable PEM private key", _KEY_HINT) from None
+    _check_p256(key, path, "private")
+
+
+def _scan(bundle: Path) -> list[str]:
+    """Relative POSIX paths of the bundle's files; refuses links and special files."""
+    files: list[str] = []
+    for root, dirs, names in os.walk(bundle, followlinks=False):
+        for entry in sorted(dirs) + sorted(names):
+            full = Path(root, entry)
+            rel = full.relative_to(bundle).as_posix()
+            if full.is_symlink():
+                raise VerificationError(
+                    f"{rel}: symbolic links are not allowed in a bundle",
+                    "Replace the link with the real file, then sign again.",
+                    path=rel, exit_code=8)
+            if entry in names:
+                if not full.is_file():
+                    raise VerificationError(f"{rel}: not a regular file",
+                                            "Remove it from the bundle.", path=rel, exit_code=8)
+                files.append(rel)
+    return sorted(files)
+
+
+def _bundle_dir(bundle: Path) -> Path:
+    bundle = Path(bundle).resolve()
+    if not bundle.is_dir():
+        raise VerificationError(f"bundle folder not found: {bundle}",
+                                "Pass the folder that holds edgetune.json.")
+    return bundle
+
+
+def sign_bundle(bundle: Path, private_key: Path, passphrase: str | None = None) -> Path:
+    """Sign every file of ``bundle`` into ``bundle/model.sig`` (atomically); return its path."""
+    bundle = _bundle_dir(bundle)
+    files = _scan(bundle)
+    for rel in files:
+        top = rel.split("/", 1)[0]
+        if top in _GIT_PATHS:
+            raise VerificationError(
+                f"{rel}: git metadata cannot be signed (model_signing verifiers skip it)",
+                "Remove git files from the bundle folder, then sign again.", path=rel)
+    _load_private_key(Path(private_key), passphrase)
+
+    from model_signing import hashing, signing
+
+    hashing_cfg = hashing.Config().set_ignored_paths(paths=[SIGNATURE_FILE],
+                                                     ignore_git_paths=False)
+    config = signing.Config().set_hashing_config(hashing_cfg).use_elliptic_key_signer(
+        private_key=Path(private_key), password=_passphrase_bytes(passphrase))  # type: ignore[arg-type]
+    target = bundle / SIGNATURE_FILE
+    with tempfile.TemporaryDirectory(prefix="edgetune-sign-") as tmp:
+        staged = Path(tmp) / SIGNATURE_FILE  # outside the bundle: never hashed
+        config.sign(bundle, staged)
+        fd, partial = tempfile.mkstemp(prefix=".model.sig.", suffix=".partial", dir=bundle)
+        try:  # the partial file appears only after hashing is done
+            with os.fdopen(fd, "wb") as out:
+                out.write(staged.read_bytes())
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(partial, 0o644)
+            os.replace(partial, target)
+        finally:
+            if os.path.exists(partial):
+                os.unlink(partial)
+    return target
+
+
+def _bad_signature(detail: str = "") -> VerificationError:
+    msg = "model.sig: the signature does not match the public key"
+    return VerificationError(msg + (f" ({detail})" if detail else ""), _SIG_HINT,
+                             path=SIGNATURE_FILE, exit_code=4)
+
+
+def signed_digests(bundle: Path) -> dict[str, str]:
+    """Return ``{relative path: sha256 hex}`` as recorded in ``bundle/model.sig``.
+
+    This only parses the file; it checks no signature. Trust the result only
+    after :func:`verify_signature` succeeded (which returns the same mapping).
+    """
+    sig = Path(bundle) / SIGNATURE_FILE
+    try:
+        envelope = json.loads(sig.read_text(encoding="utf-8"))["dsseEnvelope"]
+        statement = json.loads(base64.b64decode(envelope["payload"], validate=True))
+        if statement.get("predicateType") == "https://model_signing/Digests/v0.1":
+            return {s["name"]: s["digest"]["sha256"] for s in statement["subject"]}
+        predicate = statement["predicate"]
+        ser = predicate["serialization"]
+        if ser.get("method") != "files" or ser.get("hash_type") != "sha256":
+            raise _bad_signature(f"unsupported layout {ser.get('method')}/{ser.get('hash_type')}")
+        return {r["name"]: r["digest"] for r in predicate["resources"]
+                if r.get("algorithm") == "sha256"}
+    except FileNotFoundError as e:
+        raise VerificationError("model.sig: the bundle is not signed",
+                                "Ask the creator for a signed bundle (edgetune sign).",
+                                path=SIGNATURE_FILE, exit_code=3) from e
+    except VerificationError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise _bad_signature("unreadable signature file") from e
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _diagnose(bundle: Path, present: list[str], signed: dict[str, str]) -> VerificationError:
+    """Name the first file that differs from the (authentic) signed digests."""
+    missing = sorted(set(signed) - set(present))
+    added = sorted(set(present) - set(signed))
+    if missing:
+        extra = f" (unsigned {added[0]} found: renamed?)" if added else ""
+        return VerificationError(f"{missing[0]}: signed file is missing{extra}",
+                                 "Re-download the bundle; a file was removed or renamed.",
+                                 path=missing[0], exit_code=7)
+    if added:
+        return VerificationError(f"{added[0]}: file is not covered by the signature",
+                                 "Remove the extra file or ask the creator to re-sign.",
+                                 path=added[0], exit_code=6)
+    for rel in present:
+        if _sha256_file(bundle / rel) != signed[rel]:
+            return VerificationError(f"{rel}: content does not match its signed hash",
+                                     "Re-download the bundle; this file was altered.",
+                                     path=rel, exit_code=5)
+    return VerificationError("bundle content does not match its signature",
+                             "Re-download the bundle.", exit_code=5)
+
+
+def verify_signature(bundle: Path, public_key: Path) -> dict[str, str]:
+    """Verify ``bundle/model.sig`` against ``public_key``; return the signed digests."""
+    bundle = _bundle_dir(bundle)
+    sig = bundle / SIGNATURE_FILE
+    if not os.path.lexists(sig):
+        raise VerificationError("model.sig: the bundle is not signed",
+                                "Ask the creator for a signed bundle (edgetune sign).",
+                                path=SIGNATURE_FILE, exit_code=3)
+    present = [f for f in _scan(bundle) if f != SIGNATURE_FILE]  # links first (exit 8)
+    if not sig.is_file():
+        raise _bad_signature("not a regular file")
+    _load_public_key(Path(public_key))
+
+    from model_signing import verifying
+
+    config = verifying.Config().use_elliptic_key_verifier(public_key=Path(public_key))
+    try:
+        config.verify(bundle, sig)
+    except ValueError as e:
+        if str(e).startswith("Cannot use '"):  # a file vanished or changed type meanwhile
+            present = [f for f in _scan(bundle) if f != SIGNATURE_FILE]
+        elif not str(e).startswith("Signature mismatch"):
+            raise _bad_signature() from e
+        raise _diagnose(bundle, present, signed_digests(bundle)) from e
+    except OSError as e:
+        rel = Path(e.filename).resolve().relative_to(bundle).as_posix() \
+            if e.filename and Path(e.filename).resolve().is_relative_to(bundle) else None
+        raise VerificationError(f"{rel or bundle}: cannot read: {e.strerror}",
+                                "Check the bundle's file permissions.", path=rel) from e
+    except Exception as e:  # InvalidSignature, KeyError, ... from a tampered model.sig
+        raise _bad_signature() from e
+    signed = signed_digests(bundle)
+    if set(present) != set(signed):  # e.g. git paths, which model_signing skips
+        raise _diagnose(bundle, present, signed)
+    return signed

@@ -1,0 +1,410 @@
+"""Bundles built from small fake GGUFs, signed with real keys; no mocks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from jsonschema import Draft202012Validator
+
+from edgetune.artifacts import Bundle
+from edgetune.bundle import (
+    MANIFEST_FILE,
+    BundleInfo,
+    BundleModel,
+    build_bundle,
+    gguf_file_name,
+    schema_path,
+    verify_bundle,
+)
+from edgetune.errors import (
+    ConfigError,
+    EdgetuneError,
+    KeyFileError,
+    ModelError,
+    OutputExistsError,
+    VerificationError,
+)
+from edgetune.signing import SIGNATURE_FILE, generate_keypair, key_id_of, sign_bundle
+
+QUANTS = ("Q4_K_M", "Q5_K_M", "Q8_0")
+GGUFS = [f"edgetune-demo-{q}.gguf" for q in QUANTS]
+EXPECTED_FILES = sorted([*GGUFS, "edgetune.json", "README.md", "eval.json", SIGNATURE_FILE])
+PASSPHRASE = "correct horse battery staple"
+# the shape edgetune.evaluate writes (metric names included), plus a NaN
+EVAL = {"context_length": 40960, "eval_ctx": 512, "bad": float("nan"),
+        "quants": {q: {"file": f"m-{q}.gguf", "size_bytes": 4096 * (i + 1), "ppl": 9.5 + i,
+                       "prefill_tps": 300.0 - 10 * i, "decode_tps": 40.0 - i, "threads": 4,
+                       "ram_needed_bytes": 10**9, "ppl_ratio": 1.0 + i / 10}
+                   for i, q in enumerate(QUANTS)}}
+
+
+def _info(**changes) -> BundleInfo:
+    fields = dict(
+        name="edgetune-demo", bundle_id="edgetune-demo", version="1.2.0-rc.1+build.5",
+        creator_name="Ada | Coach", base_model="Qwen/Qwen3-0.6B", base_model_license="apache-2.0",
+        chat_template="{% for m in messages %}{{ m.content }}{% endfor %}",
+        stop_strings=("<|im_end|>",), default_context=4096,
+        system_prompt="You are Ada's running coach.\nThink step by step.",
+        greeting='Hi! Ask me "anything" about running: pace, shoes...',
+        training={"method": "grpo", "backend": "trl", "steps": 120, "dataset_rows": 48,
+                  "rewards": ["format", "answer_match"], "lora_rank": 16},
+        eval_results=EVAL)
+    fields.update(changes)
+    return BundleInfo(**fields)
+
+
+def _gguf(path: Path, seed: int, size: int = 5000) -> Path:
+    path.write_bytes(b"GGUF" + hashlib.sha256(str(seed).encode()).digest() * (size // 32))
+    return path
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory):
+    return generate_keypair(tmp_path_factory.mktemp("keys"), "creator")
+
+
+@pytest.fixture(scope="module")
+def other_keys(tmp_path_factory: pytest.TempPathFactory):
+    return generate_keypair(tmp_path_factory.mktemp("other"), "other")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> list[BundleModel]:
+    src = tmp_path_factory.mktemp("quantised")
+    return [BundleModel(q, _gguf(src / f"model-{q}.gguf", i, 4000 + 1000 * i), "qwen3", 40960,
+                        (i + 1) * 500_000_000) for i, q in enumerate(QUANTS)]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, keys, models) -> Bundle:
+    return build_bundle(tmp_path_factory.mktemp("built") / "bundle", _info(), models,
+                        private_key=keys.private_key)
+
+
+@pytest.fixture
+def bundle(built: Bundle, tmp_path: Path) -> Path:
+    """A fresh copy of the built bundle that a test may tamper with."""
+    return Path(shutil.copytree(built.path, tmp_path / "bundle"))
+
+
+def _manifest(bundle: Path) -> dict:
+    return json.loads((bundle / MANIFEST_FILE).read_text())
+
+
+def _resign(bundle: Path, keys, manifest: dict | str) -> None:
+    text = manifest if isinstance(manifest, str) else json.dumps(manifest, indent=2)
+    (bundle / MANIFEST_FILE).write_text(text)
+    sign_bundle(bundle, keys.private_key)
+
+
+def _fails(bundle: Path, pub: Path) -> VerificationError:
+    with pytest.raises(VerificationError) as info:
+        verify_bundle(bundle, pub)
+    return info.value
+
+
+def _no_leftovers(parent: Path) -> None:
+    assert [p.name for p in parent.iterdir() if p.name.startswith(".")] == []
+
+
+# --- schema -----------------------------------------------------------------------------------
+
+def test_schema_file_is_a_valid_draft_2020_12_schema():
+    schema = json.loads(schema_path().read_text())
+    Draft202012Validator.check_schema(schema)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["additionalProperties"] is False
+    assert schema["$defs"]["artifact"]["additionalProperties"] is False
+
+
+@pytest.mark.parametrize("path, ok", [
+    ("m.gguf", True), ("models/m.gguf", True), ("..m.gguf", True),
+    ("../x.gguf", False), ("/etc/passwd", False), ("a/../../x.gguf", False), ("a\\b.gguf", False),
+    ("./m.gguf", False), ("a//m.gguf", False), ("m.gguf\n", False), ("", False)])
+def test_schema_artifact_path_pattern(built: Bundle, path: str, ok: bool):
+    validator = Draft202012Validator(json.loads(schema_path().read_text()))
+    manifest = _manifest(built.path)
+    manifest["artifacts"][0]["path"] = path
+    assert validator.is_valid(manifest) is ok
+
+
+def test_schema_rejects_extra_keys_but_training_is_open(built: Bundle):
+    validator = Draft202012Validator(json.loads(schema_path().read_text()))
+    manifest = _manifest(built.path)
+    assert validator.is_valid(manifest) and "lora_rank" in manifest["training"]
+    for target in (manifest, manifest["artifacts"][1]):
+        target["surprise"] = 1
+        assert not validator.is_valid(manifest)
+        del target["surprise"]
+    manifest["artifacts"] = []
+    assert not validator.is_valid(manifest)
+
+
+# --- build ------------------------------------------------------------------------------------
+
+def test_gguf_file_name_is_sanitised():
+    assert gguf_file_name("edgetune-demo", "Q4_K_M") == "edgetune-demo-Q4_K_M.gguf"
+    assert gguf_file_name("Ada's coach / v2", "Q8_0") == "Ada-s-coach-v2-Q8_0.gguf"
+    assert gguf_file_name("../../etc", "Q4_K_M") == "etc-Q4_K_M.gguf"
+    with pytest.raises(ConfigError):
+        gguf_file_name("..", "Q4_K_M")
+
+
+def test_layout_and_returned_artifact(built: Bundle, keys):
+    assert sorted(os.listdir(built.path)) == EXPECTED_FILES
+    assert stat.S_IMODE(built.path.stat().st_mode) == 0o755  # shareable, not mkdtemp's 0700
+    assert {stat.S_IMODE((built.path / f).stat().st_mode) for f in EXPECTED_FILES} == {0o644}
+    assert built.key_id == key_id_of(keys.public_key)
+    assert (built.bundle_id, built.version) == ("edgetune-demo", "1.2.0-rc.1+build.5")
+    _no_leftovers(built.path.parent)
+
+
+def test_manifest_content_matches_files(built: Bundle, models, keys):
+    manifest = _manifest(built.path)
+    Draft202012Validator(json.loads(schema_path().read_text())).validate(manifest)
+    assert manifest["creator"] == {"name": "Ada | Coach", "key_id": key_id_of(keys.public_key)}
+    assert [a["path"] for a in manifest["artifacts"]] == GGUFS
+    for art, model in zip(manifest["artifacts"], models):
+        data = model.source.read_bytes()
+        assert (built.path / art["path"]).read_bytes() == data
+        assert art["sha256"] == hashlib.sha256(data).hexdigest() and art["size"] == len(data)
+        assert (art["quant"], art["ram_needed_bytes"]) == (model.quant, model.ram_needed_bytes)
+    assert manifest["runtime"]["chat_template_sha256"] == hashlib.sha256(
+        _info().chat_template.encode()).hexdigest()
+    assert manifest["eval"]["quants"]["Q4_K_M"] == EVAL["quants"]["Q4_K_M"]
+    assert (manifest["eval"]["eval_ctx"], manifest["eval"]["file"]) == (512, "eval.json")
+    assert manifest["eval"]["bad"] is None  # NaN is not JSON
+    saved = json.loads((built.path / "eval.json").read_text())
+    assert saved["quants"]["Q8_0"]["ppl"] == 11.5 and saved["bad"] is None
+
+
+def test_model_card_front_matter_and_sections(built: Bundle, keys):
+    card = (built.path / "README.md").read_text()
+    assert card.startswith("---\n")
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front == {"license": "apache-2.0", "base_model": "Qwen/Qwen3-0.6B",
+                     "base_model_relation": "finetune", "pipeline_tag": "text-generation",
+                     "tags": ["gguf", "edgetune", "reasoning"]}
+    for text in ("## Files", "| `edgetune-demo-Q5_K_M.gguf` | Q5_K_M | 4.9 KiB | 953.7 MiB |",
+                 "| Q8_0 | 12.0 KiB | 11.50 | 280.00 | 38.00 |", "ollama run", "PocketPal",
+                 "llama-cli -m edgetune-demo-Q4_K_M.gguf", "edgetune verify . --key creator.pub",
+                 key_id_of(keys.public_key), "Ada \\| Coach"):
+        assert text in card
+
+
+def test_model_card_accepts_a_list_of_quants_and_missing_results(tmp_path: Path, keys, models):
+    listed = {"quants": [{"quant": "Q4_K_M", "perplexity": 7.25, "prefill_tok_s": 99.5}]}
+    card = build_bundle(tmp_path / "a", _info(eval_results=listed), models[:1],
+                        private_key=keys.private_key).path.joinpath("README.md").read_text()
+    assert "| Q4_K_M | - | 7.25 | 99.50 | - |" in card
+    card = build_bundle(tmp_path / "b", _info(eval_results={}), models[:1],
+                        private_key=keys.private_key).path.joinpath("README.md").read_text()
+    assert "No per-quant results" in card and "| Perplexity |" not in card
+
+
+def test_official_model_signing_cli_accepts_bundle(built: Bundle, keys):
+    cli = Path(sys.executable).parent / "model_signing"
+    run = subprocess.run([str(cli), "verify", "key", str(built.path), "--signature",
+                          str(built.path / SIGNATURE_FILE), "--public_key", str(keys.public_key)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_refuses_existing_output_unless_overwrite(built: Bundle, tmp_path: Path, keys, models):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(OutputExistsError):
+        build_bundle(out, _info(), models, private_key=keys.private_key)
+    assert (out / "keep.txt").read_text() == "mine"
+    messages: list[str] = []
+    result = build_bundle(out, _info(version="2.0.0"), models[:1], private_key=keys.private_key,
+                          overwrite=True, on_progress=messages.append)
+    assert sorted(os.listdir(out)) == sorted([GGUFS[0], "README.md", "eval.json",
+                                              "edgetune.json", SIGNATURE_FILE])
+    assert verify_bundle(out, keys.public_key).version == result.version == "2.0.0"
+    assert messages[-1] == "signing"
+    _no_leftovers(tmp_path)
+
+
+def test_missing_source_leaves_nothing(tmp_path: Path, keys, models):
+    gone = BundleModel("Q6_K", tmp_path / "nope.gguf", "qwen3", 40960, 1)
+    with pytest.raises(ModelError, match="not found"):
+        build_bundle(tmp_path / "out", _info(), [*models, gone], private_key=keys.private_key)
+    assert os.listdir(tmp_path) == []
+
+
+def test_failure_mid_build_leaves_nothing(tmp_path: Path, keys, models):
+    seen: list[str] = []
+
+    def progress(msg: str) -> None:
+        seen.append(msg)
+        if msg == "signing":  # every file is already written into the scratch dir
+            raise RuntimeError("power cut")
+
+    with pytest.raises(RuntimeError):
+        build_bundle(tmp_path / "out", _info(), models, private_key=keys.private_key,
+                     on_progress=progress)
+    assert len(seen) == 5 and os.listdir(tmp_path) == []
+
+
+def test_not_a_gguf_and_bad_settings_are_refused(tmp_path: Path, keys, models):
+    fake = tmp_path / "fake.gguf"
+    fake.write_bytes(b"PK\x03\x04not a gguf")
+    with pytest.raises(ModelError, match="not a GGUF"):
+        build_bundle(tmp_path / "o", _info(), [BundleModel("Q4_K_M", fake, "qwen3", 4096, 1)],
+                     private_key=keys.private_key)
+    for bad, field in ((_info(bundle_id="Bad ID"), "bundle_id"), (_info(version="1.0"), "version"),
+                       (_info(training={"method": "grpo"}), "training")):
+        with pytest.raises(ConfigError, match=field):
+            build_bundle(tmp_path / "o", bad, models, private_key=keys.private_key)
+    with pytest.raises(ConfigError, match="same file name"):
+        build_bundle(tmp_path / "o", _info(), [models[0], models[0]], private_key=keys.private_key)
+    assert os.listdir(tmp_path) == ["fake.gguf"]
+
+
+def test_passphrase_key(tmp_path: Path, models):
+    kp = generate_keypair(tmp_path / "k", "enc", passphrase=PASSPHRASE)
+    with pytest.raises(KeyFileError) as info:
+        build_bundle(tmp_path / "o", _info(), models, private_key=kp.private_key,
+                     passphrase="wrong " + PASSPHRASE)
+    assert PASSPHRASE not in str(info.value) + str(info.value.hint)
+    assert not (tmp_path / "o").exists()
+    built = build_bundle(tmp_path / "o", _info(), models, private_key=kp.private_key,
+                         passphrase=PASSPHRASE)
+    assert built.key_id == key_id_of(kp.public_key)
+    assert verify_bundle(tmp_path / "o", kp.public_key).key_id == built.key_id
+
+
+# --- verify -----------------------------------------------------------------------------------
+
+def test_verify_passes(built: Bundle, keys):
+    result = verify_bundle(built.path, keys.public_key)
+    assert (result.bundle_id, result.version, result.key_id) == (
+        "edgetune-demo", "1.2.0-rc.1+build.5", key_id_of(keys.public_key))
+    assert result.files == len(EXPECTED_FILES) - 1
+    assert result.bytes == sum((built.path / f).stat().st_size for f in EXPECTED_FILES
+                               if f != SIGNATURE_FILE)
+
+
+@pytest.mark.parametrize("name", [*GGUFS, "edgetune.json", "README.md", "eval.json"])
+def test_flipped_byte_in_any_file_fails(bundle: Path, keys, name: str):
+    data = bytearray((bundle / name).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (bundle / name).write_bytes(bytes(data))
+    err = _fails(bundle, keys.public_key)
+    assert (err.path, err.exit_code) == (name, 5)
+
+
+@pytest.mark.parametrize("where", ["middle", "signature"])
+def test_flipped_byte_in_signature_fails(bundle: Path, keys, where: str):
+    sig = bundle / SIGNATURE_FILE
+    data = bytearray(sig.read_bytes())
+    if where == "middle":
+        pos = len(data) // 2
+    else:
+        value = json.loads(data)["dsseEnvelope"]["signatures"][0]["sig"]
+        pos = data.index(value.encode()) + 10
+    data[pos] = ord("A") if data[pos] != ord("A") else ord("B")
+    sig.write_bytes(bytes(data))
+    err = _fails(bundle, keys.public_key)
+    assert (err.path, err.exit_code) == (SIGNATURE_FILE, 4)
+
+
+def test_wrong_key_fails(built: Bundle, other_keys):
+    err = _fails(built.path, other_keys.public_key)
+    assert (err.path, err.exit_code) == (SIGNATURE_FILE, 4)
+
+
+def test_signing_errors_pass_through(bundle: Path, keys):
+    (bundle / "notes.txt").write_text("extra")
+    assert _fails(bundle, keys.public_key).exit_code == 6
+    (bundle / "notes.txt").unlink()
+    (bundle / GGUFS[0]).unlink()
+    os.symlink(bundle / GGUFS[1], bundle / GGUFS[0])
+    assert _fails(bundle, keys.public_key).exit_code == 8
+
+
+def test_missing_bundle_folder(tmp_path: Path, keys):
+    with pytest.raises(EdgetuneError, match="not found"):
+        verify_bundle(tmp_path / "absent", keys.public_key)
+
+
+@pytest.mark.parametrize("bad", ["../x.gguf", "/etc/passwd", "sub/../../x.gguf", "..\\x.gguf"])
+def test_resigned_path_escape_fails_with_10(bundle: Path, keys, bad: str):
+    manifest = _manifest(bundle)
+    manifest["artifacts"][1]["path"] = bad
+    _resign(bundle, keys, manifest)
+    err = _fails(bundle, keys.public_key)
+    assert (err.path, err.exit_code) == (bad, 10)
+
+
+def _tamper_sha(m: dict) -> None:
+    m["artifacts"][0]["sha256"] = hashlib.sha256(b"other").hexdigest()
+
+
+def _tamper_size(m: dict) -> None:
+    m["artifacts"][0]["size"] += 1
+
+
+def _unlist(m: dict) -> None:
+    m["artifacts"].pop(0)
+
+
+def _ghost(m: dict) -> None:
+    m["artifacts"][0]["path"] = "ghost.gguf"
+
+
+def _twice(m: dict) -> None:
+    m["artifacts"].append(dict(m["artifacts"][0]))
+
+
+@pytest.mark.parametrize("tamper", [_tamper_sha, _tamper_size, _unlist, _ghost, _twice])
+def test_resigned_artifact_mismatch_fails_with_11(bundle: Path, keys, tamper):
+    manifest = _manifest(bundle)
+    tamper(manifest)
+    _resign(bundle, keys, manifest)
+    err = _fails(bundle, keys.public_key)
+    assert err.exit_code == 11
+    assert err.path == ("ghost.gguf" if tamper is _ghost else GGUFS[0])
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda m: m.pop("persona"), "persona"),
+    (lambda m: m.update(schema_version="2.0"), "schema_version"),
+    (lambda m: m["artifacts"][2].update(sha256="XYZ"), "artifacts[2].sha256"),
+    (lambda m: m["artifacts"][0].update(path="./" + GGUFS[0]), "artifacts[0].path"),
+    (lambda m: m.update(extra=True), "extra")])
+def test_resigned_schema_invalid_manifest_fails_with_9(bundle: Path, keys, change, field):
+    manifest = _manifest(bundle)
+    change(manifest)
+    _resign(bundle, keys, manifest)
+    err = _fails(bundle, keys.public_key)
+    assert (err.path, err.exit_code) == (MANIFEST_FILE, 9)
+    assert field in err.message
+
+
+def test_resigned_unparsable_or_missing_manifest_fails_with_9(bundle: Path, keys):
+    _resign(bundle, keys, "{not json")
+    assert _fails(bundle, keys.public_key).exit_code == 9
+    (bundle / MANIFEST_FILE).unlink()
+    sign_bundle(bundle, keys.private_key)
+    err = _fails(bundle, keys.public_key)
+    assert (err.path, err.exit_code) == (MANIFEST_FILE, 9)
+
+
+def test_resigned_foreign_key_id_fails_with_4(bundle: Path, keys, other_keys):
+    manifest = _manifest(bundle)
+    manifest["creator"]["key_id"] = key_id_of(other_keys.public_key)
+    _resign(bundle, keys, manifest)
+    err = _fails(bundle, keys.public_key)
+    assert (err.path, err.exit_code) == (MANIFEST_FILE, 4)
