@@ -164,13 +164,13 @@ def verify(bundle, public_key, as_json) -> None:
       edgetune verify edgetune-out/bundle --key ~/.edgetune/keys/edgetune.pub
     """
     from edgetune.bundle import verify_bundle
-    from edgetune.errors import VerificationError
 
     try:
         result = verify_bundle(bundle, public_key)
-    except VerificationError as exc:
-        if as_json:
-            click.echo(json.dumps({"ok": False, "error": exc.message, "file": exc.path,
+    except EdgetuneError as exc:
+        if as_json:  # scripts always get JSON on stdout, whatever failed
+            click.echo(json.dumps({"ok": False, "error": exc.message,
+                                   "file": getattr(exc, "path", None),
                                    "exit_code": exc.exit_code}))
             sys.exit(exc.exit_code)
         raise
@@ -185,7 +185,13 @@ def verify(bundle, public_key, as_json) -> None:
 
 @cli.command()
 def targets() -> None:
-    """List the device profiles in quant_profiles/."""
+    """List the device profiles in quant_profiles/.
+
+    \b
+    Example:
+      edgetune targets
+      edgetune build --target desktop
+    """
     from edgetune.profiles import available_profiles, load_profile
 
     for name in available_profiles():

@@ -1,6 +1,7 @@
 """One error path: every user-facing failure is an EdgetuneError with a hint.
 
-The CLI prints ``Error: <message>`` and ``Hint: <hint>`` and exits 1; set
+The CLI prints ``Error: <message>`` and ``Hint: <hint>`` and exits with the error's
+``exit_code`` (1, or verify's codes 2-11 listed in mobile_bundle/SPEC.md); set
 ``EDGETUNE_DEBUG=1`` to see the traceback instead.
 """
 

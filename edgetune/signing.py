@@ -27,7 +27,7 @@ from edgetune.errors import KeyFileError, VerificationError
 SIGNATURE_FILE = "model.sig"
 _GIT_PATHS = (".git", ".github", ".gitattributes", ".gitignore")  # ignored by model_signing
 _CHUNK = 1 << 20
-_KEY_HINT = "Keys come from `edgetune keygen` (ECDSA P-256, PEM)."
+_KEY_HINT = "Keys come from `edgetune keys new` (ECDSA P-256, PEM)."
 _SIG_HINT = ("Check that you have the creator's public key; otherwise the bundle or its "
              "signature was altered after signing.")
 
@@ -239,7 +239,7 @@ def signed_digests(bundle: Path) -> dict[str, str]:
                 if r.get("algorithm") == "sha256"}
     except FileNotFoundError as e:
         raise VerificationError("model.sig: the bundle is not signed",
-                                "Ask the creator for a signed bundle (edgetune sign).",
+                                "Ask the creator for a signed bundle (edgetune build signs every bundle).",
                                 path=SIGNATURE_FILE, exit_code=3) from e
     except VerificationError:
         raise
@@ -283,7 +283,7 @@ def verify_signature(bundle: Path, public_key: Path) -> dict[str, str]:
     sig = bundle / SIGNATURE_FILE
     if not os.path.lexists(sig):
         raise VerificationError("model.sig: the bundle is not signed",
-                                "Ask the creator for a signed bundle (edgetune sign).",
+                                "Ask the creator for a signed bundle (edgetune build signs every bundle).",
                                 path=SIGNATURE_FILE, exit_code=3)
     present = [f for f in _scan(bundle) if f != SIGNATURE_FILE]  # links first (exit 8)
     if not sig.is_file():

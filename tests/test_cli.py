@@ -1,0 +1,588 @@
+"""The ``edgetune`` command line: Click's CliRunner, a temporary EDGETUNE_HOME, real keys and
+real signed bundles built from small fake GGUFs. Errors are asserted as the exact ``Error:`` and
+``Hint:`` lines and exit codes a user sees."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from edgetune import __version__
+from edgetune.bundle import BundleInfo, BundleModel, build_bundle
+from edgetune.cli import cli
+from edgetune.errors import DataError, EdgetuneError
+from edgetune.signing import SIGNATURE_FILE, generate_keypair, key_id_of
+
+REPO = Path(__file__).resolve().parents[1]
+QUANTS = ("Q4_K_M", "Q8_0")
+PASSPHRASE = "tr0ub4dor & 3 - cli test"
+HEAVY = ("torch", "transformers", "llama_cpp", "trl", "peft", "model_signing")
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own EDGETUNE_HOME, no debug mode and no passphrase from outside."""
+    path = tmp_path / "home"
+    monkeypatch.setenv("EDGETUNE_HOME", str(path))
+    monkeypatch.delenv("EDGETUNE_DEBUG", raising=False)
+    monkeypatch.delenv("EDGETUNE_KEY_PASSPHRASE", raising=False)
+    return path
+
+
+def _run(*args: str, **kwargs) -> click.testing.Result:
+    return CliRunner().invoke(cli, [str(a) for a in args], **kwargs)
+
+
+def _err_lines(result: click.testing.Result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith(("Error:", "Hint:"))]
+
+
+def _no_traceback(result: click.testing.Result) -> None:
+    assert "Traceback" not in result.output
+    assert "Traceback" not in result.stderr
+    # an EdgetuneError is handled, never left for CliRunner to catch
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+# --------------------------------------------------------------------------- help
+
+def _walk(group: click.Group, path: tuple[str, ...] = ()):
+    for name, command in sorted(group.commands.items()):
+        yield (*path, name), command
+        if isinstance(command, click.Group):
+            yield from _walk(command, (*path, name))
+
+
+ALL_COMMANDS = [((), cli), *_walk(cli)]
+LEAF_COMMANDS = [(p, c) for p, c in ALL_COMMANDS if not isinstance(c, click.Group)]
+
+
+def _ids(items) -> list[str]:
+    return [" ".join(p) or "edgetune" for p, _ in items]
+
+
+def _squash(text: str) -> str:
+    """Whitespace-normalised text: Click re-wraps docstring paragraphs to the terminal width."""
+    return " ".join(text.split())
+
+
+def test_command_tree_is_what_the_tests_cover():
+    assert [" ".join(p) for p, _ in ALL_COMMANDS[1:]] == [
+        "build", "keys", "keys new", "targets", "verify"]
+
+
+@pytest.mark.parametrize(("path", "command"), ALL_COMMANDS, ids=_ids(ALL_COMMANDS))
+def test_every_command_has_help(path, command):
+    assert command.help, f"{' '.join(path)} has no docstring"
+    first_line = command.help.strip().splitlines()[0]
+    result = _run(*path, "--help")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"Usage: cli {' '.join(path)}".rstrip() + " [OPTIONS]")
+    assert _squash(first_line) in _squash(result.output)
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("path", "command"), LEAF_COMMANDS, ids=_ids(LEAF_COMMANDS))
+def test_every_leaf_command_help_has_an_example(path, command):
+    result = _run(*path, "--help")
+    assert result.exit_code == 0
+    assert "Example" in result.output, f"`edgetune {' '.join(path)} --help` shows no example"
+    assert f"edgetune {' '.join(path)}" in result.output.split("Example", 1)[1]
+
+
+def test_version():
+    result = _run("--version")
+    assert result.exit_code == 0
+    assert result.output == f"edgetune, version {__version__}\n"
+
+
+def test_help_loads_no_heavy_library():
+    code = ("import sys; from edgetune.cli import cli; from click.testing import CliRunner; "
+            "r = CliRunner().invoke(cli, ['--help']); assert r.exit_code == 0, r.output; "
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=REPO, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_help_as_a_program(tmp_path: Path):
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "edgetune.cli", "--help"], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Usage: edgetune [OPTIONS] COMMAND [ARGS]...")
+    for name in ("build", "keys", "targets", "verify"):
+        assert re.search(rf"^  {name}\b", proc.stdout, re.M), name
+    assert proc.stderr == ""
+    assert time.monotonic() - start < 10
+
+
+# --------------------------------------------------------------------------- keys new
+
+def _pem_body(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line and not line.startswith("-----")]
+
+
+def test_keys_new(tmp_path: Path):
+    d = tmp_path / "k"
+    result = _run("keys", "new", "--dir", d, "--name", "coach")
+    assert result.exit_code == 0, result.stderr
+    priv, pub = d / "coach.key", d / "coach.pub"
+    assert stat.S_IMODE(priv.stat().st_mode) == 0o600
+    assert stat.S_IMODE(pub.stat().st_mode) == 0o644
+    assert priv.read_text().startswith("-----BEGIN PRIVATE KEY-----\n")
+    assert pub.read_text().startswith("-----BEGIN PUBLIC KEY-----\n")
+    key_id = key_id_of(pub)
+    assert re.fullmatch(r"[0-9a-f]{64}", key_id)
+    assert result.stdout.splitlines() == [
+        f"private key: {priv} (keep it secret; never put it in a bundle)",
+        f"public key:  {pub} (share it with your followers)",
+        f"key id:      {key_id}",
+    ]
+    for line in _pem_body(priv):
+        assert line not in result.output and line not in result.stderr
+    assert sorted(os.listdir(d)) == ["coach.key", "coach.pub"]
+
+
+def test_keys_new_default_dir_is_in_edgetune_home(home: Path):
+    result = _run("keys", "new")
+    assert result.exit_code == 0, result.stderr
+    assert sorted(os.listdir(home / "keys")) == ["edgetune.key", "edgetune.pub"]
+    assert f"private key: {home / 'keys' / 'edgetune.key'} " in result.output
+
+
+def test_keys_new_refuses_to_overwrite(tmp_path: Path):
+    d = tmp_path / "k"
+    assert _run("keys", "new", "--dir", d, "--name", "n").exit_code == 0
+    before = {p: (d / p).read_bytes() for p in ("n.key", "n.pub")}
+
+    result = _run("keys", "new", "--dir", d, "--name", "n")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert _err_lines(result) == [
+        f"Error: {d / 'n.key'} already exists; refusing to overwrite a key",
+        "Hint: Pick another --name or directory, or pass --overwrite.",
+    ]
+    _no_traceback(result)
+    assert {p: (d / p).read_bytes() for p in before} == before
+
+    again = _run("keys", "new", "--dir", d, "--name", "n", "--overwrite")
+    assert again.exit_code == 0, again.stderr
+    assert (d / "n.key").read_bytes() != before["n.key"]
+    assert f"key id:      {key_id_of(d / 'n.pub')}" in again.output
+
+
+def test_keys_new_refuses_when_only_the_public_key_exists(tmp_path: Path):
+    d = tmp_path / "k"
+    d.mkdir()
+    (d / "n.pub").write_text("not mine")
+    result = _run("keys", "new", "--dir", d, "--name", "n")
+    assert result.exit_code == 1
+    assert _err_lines(result)[0] == f"Error: {d / 'n.pub'} already exists; refusing to overwrite a key"
+    assert not (d / "n.key").exists()
+
+
+def test_keys_new_with_passphrase_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from cryptography.hazmat.primitives import serialization as ser
+
+    monkeypatch.setenv("EDGETUNE_KEY_PASSPHRASE", PASSPHRASE)
+    d = tmp_path / "k"
+    result = _run("keys", "new", "--dir", d, "--name", "enc", "--passphrase")
+    assert result.exit_code == 0, result.stderr
+    pem = (d / "enc.key").read_bytes()
+    assert pem.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----\n")
+    assert stat.S_IMODE((d / "enc.key").stat().st_mode) == 0o600
+    assert PASSPHRASE not in result.output and PASSPHRASE not in result.stderr
+    with pytest.raises(TypeError):  # really needs the passphrase
+        ser.load_pem_private_key(pem, None)
+    ser.load_pem_private_key(pem, PASSPHRASE.encode())
+    assert f"key id:      {key_id_of(d / 'enc.pub')}" in result.output
+
+
+def test_keys_new_with_passphrase_prompt(tmp_path: Path):
+    d = tmp_path / "k"
+    result = _run("keys", "new", "--dir", d, "--name", "p", "--passphrase",
+                  input=f"{PASSPHRASE}\n{PASSPHRASE}\n")
+    assert result.exit_code == 0, result.output
+    assert (d / "p.key").read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    assert PASSPHRASE not in result.output and PASSPHRASE not in result.stderr
+
+
+# --------------------------------------------------------------------------- verify
+
+def _info() -> BundleInfo:
+    return BundleInfo(
+        name="cli-demo", bundle_id="cli-demo", version="0.3.1", creator_name="Ada",
+        base_model="Qwen/Qwen3-0.6B", base_model_license="apache-2.0",
+        chat_template="{% for m in messages %}{{ m.content }}{% endfor %}",
+        stop_strings=("<|im_end|>",), default_context=2048,
+        system_prompt="You are Ada's coach.", greeting="Hi!",
+        training={"method": "grpo", "backend": "trl", "steps": 3, "dataset_rows": 10,
+                  "rewards": ["format"]},
+        eval_results={"quants": {q: {"ppl": 9.0 + i, "ram_needed_bytes": 10**8}
+                                 for i, q in enumerate(QUANTS)}})
+
+
+@pytest.fixture(scope="module")
+def creator(tmp_path_factory: pytest.TempPathFactory):
+    return generate_keypair(tmp_path_factory.mktemp("creator"), "creator")
+
+
+@pytest.fixture(scope="module")
+def stranger(tmp_path_factory: pytest.TempPathFactory):
+    return generate_keypair(tmp_path_factory.mktemp("stranger"), "stranger")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, creator) -> Path:
+    src = tmp_path_factory.mktemp("ggufs")
+    models = []
+    for i, q in enumerate(QUANTS):
+        gguf = src / f"m-{q}.gguf"
+        gguf.write_bytes(b"GGUF" + hashlib.sha256(q.encode()).digest() * (100 + 40 * i))
+        models.append(BundleModel(q, gguf, "qwen3", 2048, 10**8))
+    return build_bundle(tmp_path_factory.mktemp("built") / "bundle", _info(), models,
+                        private_key=creator.private_key).path
+
+
+@pytest.fixture
+def bundle(built: Path, tmp_path: Path) -> Path:
+    """A fresh copy that a test may tamper with."""
+    return Path(shutil.copytree(built, tmp_path / "bundle"))
+
+
+def _tamper(bundle: Path) -> str:
+    name = f"cli-demo-{QUANTS[-1]}.gguf"
+    data = bytearray((bundle / name).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (bundle / name).write_bytes(bytes(data))
+    return name
+
+
+def test_verify_ok(bundle: Path, creator):
+    result = _run("verify", bundle, "--key", creator.public_key)
+    assert result.exit_code == 0, result.stderr
+    files = [p for p in bundle.rglob("*") if p.is_file() and p.name != SIGNATURE_FILE]
+    size = sum(p.stat().st_size for p in files)
+    assert len(files) == 5  # 2 GGUFs, edgetune.json, README.md, eval.json
+    assert result.stdout.startswith("OK:")
+    assert result.stdout == (f"OK: cli-demo 0.3.1, 5 files, {size:,} bytes, "
+                             f"signed by key {creator.key_id[:16]}…\n")
+    assert result.stderr == ""
+    _no_traceback(result)
+
+
+def test_verify_ok_json(bundle: Path, creator):
+    result = _run("verify", bundle, "--key", creator.public_key, "--json")
+    assert result.exit_code == 0, result.stderr
+    size = sum(p.stat().st_size for p in bundle.rglob("*")
+               if p.is_file() and p.name != SIGNATURE_FILE)
+    assert json.loads(result.stdout) == {"ok": True, "bundle_id": "cli-demo", "version": "0.3.1",
+                                         "key_id": creator.key_id, "files": 5, "bytes": size}
+
+
+def test_verify_tampered_file(bundle: Path, creator):
+    name = _tamper(bundle)
+    result = _run("verify", bundle, "--key", creator.public_key)
+    assert result.exit_code == 5
+    assert result.stdout == ""
+    assert _err_lines(result) == [
+        f"Error: {name}: content does not match its signed hash",
+        "Hint: Re-download the bundle; this file was altered.",
+    ]
+    _no_traceback(result)
+
+
+def test_verify_tampered_file_json(bundle: Path, creator):
+    name = _tamper(bundle)
+    result = _run("verify", bundle, "--key", creator.public_key, "--json")
+    assert result.exit_code == 5
+    report = json.loads(result.stdout)
+    assert {k: report[k] for k in ("ok", "file", "exit_code")} == {
+        "ok": False, "file": name, "exit_code": 5}
+    assert report["error"] == f"{name}: content does not match its signed hash"
+    assert "Error:" not in result.stderr
+    _no_traceback(result)
+
+
+def test_verify_missing_bundle(tmp_path: Path, creator):
+    missing = tmp_path / "nope"
+    result = _run("verify", missing, "--key", creator.public_key)
+    assert result.exit_code == 2
+    assert _err_lines(result) == [f"Error: bundle folder not found: {missing}",
+                                  "Hint: Pass the bundle's folder."]
+    _no_traceback(result)
+
+    as_json = _run("verify", missing, "--key", creator.public_key, "--json")
+    assert as_json.exit_code == 2
+    assert json.loads(as_json.stdout) == {"ok": False, "error": f"bundle folder not found: {missing}",
+                                          "file": None, "exit_code": 2}
+
+
+def test_verify_wrong_public_key(bundle: Path, stranger):
+    result = _run("verify", bundle, "--key", stranger.public_key)
+    assert result.exit_code == 4
+    assert result.stdout == ""
+    errors = _err_lines(result)
+    assert errors[0] == "Error: model.sig: the signature does not match the public key"
+    assert errors[1] == ("Hint: Check that you have the creator's public key; otherwise the bundle "
+                         "or its signature was altered after signing.")
+    _no_traceback(result)
+
+
+def test_verify_extra_file(bundle: Path, creator):
+    (bundle / "notes.txt").write_text("sneaked in")
+    result = _run("verify", bundle, "--key", creator.public_key)
+    assert result.exit_code == 6
+    assert _err_lines(result)[0] == "Error: notes.txt: file is not covered by the signature"
+    _no_traceback(result)
+
+
+def test_verify_missing_signed_file(bundle: Path, creator):
+    (bundle / "README.md").unlink()
+    result = _run("verify", bundle, "--key", creator.public_key)
+    assert result.exit_code == 7
+    assert _err_lines(result)[0] == "Error: README.md: signed file is missing"
+    _no_traceback(result)
+
+
+def test_verify_unsigned_bundle(bundle: Path, creator):
+    (bundle / SIGNATURE_FILE).unlink()
+    result = _run("verify", bundle, "--key", creator.public_key)
+    assert result.exit_code == 3
+    assert _err_lines(result)[0] == "Error: model.sig: the bundle is not signed"
+    _no_traceback(result)
+
+
+def test_verify_missing_public_key_file(bundle: Path, tmp_path: Path):
+    result = _run("verify", bundle, "--key", tmp_path / "nope.pub")
+    assert result.exit_code == 1
+    assert _err_lines(result)[0] == f"Error: public key file not found: {tmp_path / 'nope.pub'}"
+    _no_traceback(result)
+
+
+def test_verify_requires_key(bundle: Path):
+    result = _run("verify", bundle)
+    assert result.exit_code == 2  # Click usage error
+    assert "Missing option '--key'" in result.stderr
+
+
+def _hinted_commands(hint_line: str) -> list[str]:
+    return re.findall(r"`?edgetune ([a-z][a-z-]*)", hint_line)
+
+
+@pytest.mark.parametrize("case", ["unsigned", "missing-public-key"])
+def test_hints_only_name_existing_commands(case: str, bundle: Path, creator, tmp_path: Path):
+    """A hint telling the user to run `edgetune X` must name a command that exists."""
+    if case == "unsigned":
+        (bundle / SIGNATURE_FILE).unlink()
+        result = _run("verify", bundle, "--key", creator.public_key)
+    else:
+        result = _run("verify", bundle, "--key", tmp_path / "nope.pub")
+    hints = [line for line in _err_lines(result) if line.startswith("Hint:")]
+    assert hints
+    named = [c for h in hints for c in _hinted_commands(h)]
+    assert named, hints  # both hints do point the user at a command
+    for command in named:
+        assert command in cli.commands, f"hint names a command that does not exist: {hints}"
+
+
+# --------------------------------------------------------------------------- build: bad input
+
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    return tmp_path / "out"
+
+
+def _build(*args, out: Path) -> click.testing.Result:
+    start = time.monotonic()
+    result = _run("build", *args, "--out", out)
+    assert time.monotonic() - start < 5, "bad input must fail before any model work"
+    return result
+
+
+def _nothing_created(home: Path, out: Path) -> None:
+    assert not (home / "keys").exists(), "a failed build created a key pair"
+    assert not out.exists(), "a failed build created its output folder"
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_build_unknown_target(home: Path, out: Path):
+    result = _build("--target", "nosuch", out=out)
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert _err_lines(result) == ["Error: unknown target 'nosuch'",
+                                  "Hint: choose one of: desktop, phone"]
+    _no_traceback(result)
+    _nothing_created(home, out)
+
+
+def test_build_missing_data_file(home: Path, out: Path, tmp_path: Path):
+    missing = tmp_path / "missing.jsonl"
+    result = _build("--data", missing, out=out)
+    assert result.exit_code == 1
+    assert _err_lines(result) == [
+        f"Error: {missing}: file not found",
+        "Hint: Check the path; it is relative to the current directory.",
+    ]
+    _no_traceback(result)
+    _nothing_created(home, out)
+
+
+def test_build_bad_row(home: Path, out: Path, tmp_path: Path):
+    data = _write(tmp_path / "qa.jsonl",
+                  '{"question": "1+1?", "answer": "2"}\n{"question": "2+2?"}\n'
+                  '{"question": "3+3?", "answer": "6"}\n')
+    result = _build("--data", data, out=out)
+    assert result.exit_code == 1
+    assert _err_lines(result) == [
+        "Error: qa.jsonl:2: field 'answer' is missing",
+        "Hint: Fields in this row: 'question'. Use --question-field / --answer-field to name the "
+        "fields holding the question and answer.",
+    ]
+    _no_traceback(result)
+    _nothing_created(home, out)
+
+
+def test_build_bad_json_line(home: Path, out: Path, tmp_path: Path):
+    data = _write(tmp_path / "qa.jsonl", '{"question": "1+1?", "answer": "2"}\n{"question": \n')
+    result = _build("--data", data, out=out)
+    assert result.exit_code == 1
+    assert _err_lines(result)[0].startswith("Error: qa.jsonl:2: not valid JSON (")
+    _nothing_created(home, out)
+
+
+def test_build_empty_data_file(home: Path, out: Path, tmp_path: Path):
+    data = _write(tmp_path / "empty.jsonl", "")
+    result = _build("--data", data, out=out)
+    assert result.exit_code == 1
+    assert _err_lines(result) == [f"Error: {data}: has no rows",
+                                  "Hint: Add at least one row with a question and an answer."]
+    _no_traceback(result)
+    _nothing_created(home, out)
+
+
+def test_build_single_row_cannot_be_split(home: Path, out: Path, tmp_path: Path):
+    data = _write(tmp_path / "one.jsonl", '{"question": "1+1?", "answer": "2"}\n')
+    result = _build("--data", data, out=out)
+    assert result.exit_code == 1
+    assert _err_lines(result)[0] == ("Error: need at least 2 rows to split into train and eval, "
+                                     "got 1")
+    _nothing_created(home, out)
+
+
+def test_build_question_field_not_in_data(home: Path, out: Path, tmp_path: Path):
+    data = _write(tmp_path / "qa.jsonl", '{"question": "1+1?", "answer": "2"}\n'
+                                         '{"question": "2+2?", "answer": "4"}\n')
+    result = _build("--data", data, "--question-field", "q", out=out)
+    assert result.exit_code == 1
+    errors = _err_lines(result)
+    assert errors[0] == "Error: qa.jsonl:1: field 'q' is missing"
+    assert errors[1].startswith("Hint: Fields in this row: 'question', 'answer'.")
+    _no_traceback(result)
+    _nothing_created(home, out)
+
+
+def test_build_csv_question_column_not_in_header(home: Path, out: Path, tmp_path: Path):
+    data = _write(tmp_path / "qa.csv", "question,answer\n1+1?,2\n2+2?,4\n")
+    result = _build("--data", data, "--question-field", "q", out=out)
+    assert result.exit_code == 1
+    assert _err_lines(result)[0] == ("Error: qa.csv:1: question column 'q' not found in the "
+                                     "header (columns: 'question', 'answer')")
+    _nothing_created(home, out)
+
+
+def test_build_unsupported_data_type(home: Path, out: Path, tmp_path: Path):
+    data = _write(tmp_path / "qa.txt", "1+1? 2\n")
+    result = _build("--data", data, out=out)
+    assert result.exit_code == 1
+    assert _err_lines(result)[0] == f"Error: {data}: unsupported file type '.txt'"
+    _nothing_created(home, out)
+
+
+def test_build_refuses_existing_output(home: Path, out: Path, tmp_path: Path):
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    data = _write(tmp_path / "qa.jsonl", '{"question": "1+1?", "answer": "2"}\n'
+                                         '{"question": "2+2?", "answer": "4"}\n')
+    result = _build("--data", data, out=out)
+    assert result.exit_code == 1
+    assert _err_lines(result) == [f"Error: {out} already exists",
+                                  "Hint: choose another --out directory or pass --overwrite"]
+    assert os.listdir(out) == ["keep.txt"]
+    assert not (home / "keys").exists()
+
+
+def test_build_bad_data_loads_no_heavy_library(tmp_path: Path, home: Path, out: Path):
+    data = _write(tmp_path / "qa.jsonl", '{"question": "1+1?"}\n')
+    code = ("import sys; from edgetune.cli import cli; from click.testing import CliRunner; "
+            f"r = CliRunner().invoke(cli, ['build', '--data', {str(data)!r}, '--out', {str(out)!r}]); "
+            "print(r.exit_code, r.stderr.splitlines()[-2]); "
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=60, env={**os.environ, "EDGETUNE_HOME": str(home)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["1 Error: qa.jsonl:1: field 'answer' is missing", "[]"]
+    _nothing_created(home, out)
+
+
+def test_build_bad_option_values_are_usage_errors(home: Path, out: Path):
+    result = _build("--steps", "0", out=out)
+    assert result.exit_code == 2
+    assert "Invalid value for '--steps'" in result.stderr
+    result = _build("--backend", "nosuch", out=out)
+    assert result.exit_code == 2
+    assert "Invalid value for '--backend'" in result.stderr
+    _nothing_created(home, out)
+
+
+def test_debug_mode_lets_the_error_propagate(home: Path, out: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("EDGETUNE_DEBUG", "1")
+    data = _write(tmp_path / "qa.jsonl", '{"question": "1+1?"}\n')
+    result = _build("--data", data, out=out)
+    assert result.exit_code == 1
+    assert isinstance(result.exception, EdgetuneError)
+    assert isinstance(result.exception, DataError)
+    assert result.exception.message == "qa.jsonl:1: field 'answer' is missing"
+    assert "Error:" not in result.stderr
+    _nothing_created(home, out)
+
+
+def test_debug_mode_unknown_target(out: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("EDGETUNE_DEBUG", "1")
+    result = _build("--target", "nosuch", out=out)
+    assert isinstance(result.exception, EdgetuneError)
+    assert str(result.exception) == "unknown target 'nosuch'"
+
+
+# --------------------------------------------------------------------------- targets
+
+def test_targets():
+    result = _run("targets")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["desktop", "phone"]
+    desktop, phone = lines
+    assert "Q4_K_M, Q5_K_M, Q8_0" in phone
+    assert "ctx 2048" in phone
+    assert "Mid-range phone (6 GB RAM)" in phone
+    assert "ctx 8192" in desktop
+    assert "Laptop or desktop with 16 GB RAM" in desktop

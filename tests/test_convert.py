@@ -1,0 +1,111 @@
+"""HF -> GGUF with llama.cpp's converter, and the two parity gates, on tiny real models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from edgetune import hf
+from edgetune.convert import check_logit_parity, check_tokenizer_parity, convert
+from edgetune.errors import ModelError, OutputExistsError, ParityError
+from edgetune.quantise import count_fallbacks, quantise
+from edgetune.tinymodel import FAMILIES
+from tests.conftest import chat_samples
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_convert_every_family_with_parity(family, tiny_model_factory, tmp_path):
+    model_dir = tiny_model_factory(family)
+    texts = chat_samples(hf.load_tokenizer(model_dir))
+    gguf = convert(model_dir, tmp_path / "gguf", name="Tiny", parity_texts=texts)
+
+    assert gguf.gguf.is_file() and gguf.gguf.name == "Tiny-F16.gguf"
+    assert gguf.tokenizer_parity["chat_template"] is True
+    assert gguf.tokenizer_parity["eos_token_id"] == 4  # <|im_end|>, carried into the GGUF
+    assert gguf.logit_parity["mean_kld"] < 1e-4
+    assert gguf.logit_parity["top1"] >= 0.99
+    assert json.loads((tmp_path / "gguf" / "artifact.json").read_text())["kind"] == "gguf_model"
+
+
+def test_quantise_real_k_quants_without_fallback(tiny_model_factory, tmp_path):
+    model_dir = tiny_model_factory("llama")
+    gguf = convert(model_dir, tmp_path / "gguf", name="Tiny",
+                   parity_texts=chat_samples(hf.load_tokenizer(model_dir)))
+    quants = quantise(gguf, ["Q4_K_M", "Q5_K_M", "Q8_0"], tmp_path / "q", name="Tiny")
+
+    sizes = {q: quants.gguf(q).stat().st_size for q in quants.files}
+    assert sizes["Q4_K_M"] < sizes["Q5_K_M"] < sizes["Q8_0"] < gguf.gguf.stat().st_size
+    assert quants.fallbacks == {"Q4_K_M": 0, "Q5_K_M": 0, "Q8_0": 0}
+
+
+def test_fallbacks_are_counted_for_narrow_models(tmp_path):
+    """A 320-wide model cannot use K-quants for rows that are not multiples of 256."""
+    from tests.conftest import SAMPLE_TEXTS
+    from edgetune.tinymodel import TinySpec, build_tiny_model
+
+    build_tiny_model(tmp_path / "hf", SAMPLE_TEXTS,
+                     TinySpec(hidden_size=320, intermediate_size=640, num_heads=5, num_kv_heads=5))
+    gguf = convert(tmp_path / "hf", tmp_path / "gguf", name="Narrow",
+                   parity_texts=chat_samples(hf.load_tokenizer(tmp_path / "hf")))
+    quants = quantise(gguf, ["Q4_K_M"], tmp_path / "q", name="Narrow")
+    assert quants.fallbacks["Q4_K_M"] > 0
+    assert count_fallbacks(quants.gguf("Q4_K_M"), "Q4_K_M") == quants.fallbacks["Q4_K_M"]
+
+
+def test_broken_tokenizer_fails_the_build(tiny_model_factory, tmp_path):
+    """Special tokens the converter cannot see become plain text: parity must catch it."""
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_factory("llama"), broken)
+    config_file = broken / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    del config["added_tokens_decoder"]  # what transformers 5's save_pretrained does
+    config_file.write_text(json.dumps(config))
+    texts = chat_samples(hf.load_tokenizer(broken))
+
+    with pytest.raises(ParityError, match="tokenizer parity failed"):
+        convert(broken, tmp_path / "gguf", name="Broken", parity_texts=texts)
+    assert not (tmp_path / "gguf").exists()  # nothing half-written left behind
+    assert not list(tmp_path.glob(".gguf.*"))
+
+
+def test_logit_parity_detects_a_different_model(tiny_model_factory, tmp_path):
+    """The GGUF of one model must not pass as another (e.g. a merge that was not applied)."""
+    llama = tiny_model_factory("llama")
+    gguf = convert(llama, tmp_path / "gguf", name="A",
+                   parity_texts=chat_samples(hf.load_tokenizer(llama)))
+    other = tmp_path / "other"
+    shutil.copytree(llama, other)
+    import torch
+
+    model = hf.load_causal_lm(other)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    model.save_pretrained(other)
+    with pytest.raises(ParityError, match="logit parity failed"):
+        check_logit_parity(other, gguf.gguf, chat_samples(hf.load_tokenizer(llama)))
+
+
+def test_tokenizer_parity_passes_on_chat_text(tiny_model_factory, tmp_path):
+    model_dir = tiny_model_factory("qwen2")
+    gguf = convert(model_dir, tmp_path / "g", name="Q", parity_texts=["short text for the parity"] * 20)
+    result = check_tokenizer_parity(model_dir, gguf.gguf, chat_samples(hf.load_tokenizer(model_dir)))
+    assert result["texts"] == 12
+
+
+def test_unsupported_architecture_is_a_clear_error(tiny_model_factory, tmp_path):
+    odd = tmp_path / "odd"
+    shutil.copytree(tiny_model_factory("llama"), odd)
+    config = json.loads((odd / "config.json").read_text())
+    config["architectures"] = ["MambaForCausalLM"]
+    (odd / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="unsupported architecture MambaForCausalLM"):
+        convert(odd, tmp_path / "gguf", name="Odd", parity_texts=["x"])
+
+
+def test_convert_refuses_existing_output(tiny_model_factory, tmp_path):
+    (tmp_path / "gguf").mkdir()
+    with pytest.raises(OutputExistsError):
+        convert(tiny_model_factory("llama"), tmp_path / "gguf", name="T", parity_texts=["x"])
