@@ -79,7 +79,7 @@ def build(target, data, question_field, answer_field, base_model, name, system_p
 
     from edgetune.console import RichEvents, console, eval_table
     from edgetune.data import Columns
-    from edgetune.pipeline import Project, build as run_build, demo_project
+    from edgetune.pipeline import build as run_build, demo_project
     from edgetune.profiles import load_profile
 
     profile = load_profile(target)

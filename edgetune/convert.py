@@ -57,23 +57,10 @@ def run_converter(model_dir: Path, outfile: Path) -> None:
                              hint="rerun with EDGETUNE_DEBUG=1 and report the converter output")
 
 
-def _open_gguf(path: Path, *, n_ctx: int = 512, logits_all: bool = False, vocab_only: bool = False):
-    import llama_cpp
-
-    return llama_cpp.Llama(str(path), n_ctx=n_ctx, logits_all=logits_all, vocab_only=vocab_only,
-                           n_threads=llamacpp_threads(), verbose=False)
-
-
-def llamacpp_threads() -> int:
-    import os
-
-    return max(1, min(os.cpu_count() or 1, 8))
-
-
 def check_tokenizer_parity(model_dir: Path, gguf: Path, texts: Sequence[str]) -> dict:
     """HF token ids must equal llama.cpp's on every text; chat template and EOS must survive."""
     tokenizer = hf.load_tokenizer(model_dir)
-    llm = _open_gguf(gguf, vocab_only=True)
+    llm = llamacpp.open_gguf(gguf, vocab_only=True)
     try:
         for text in texts:
             hf_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -121,7 +108,7 @@ def check_logit_parity(model_dir: Path, gguf: Path, texts: Sequence[str],
     with torch.no_grad():
         hf_logits = model(torch.tensor([ids])).logits[0].double()
     del model
-    llm = _open_gguf(gguf, n_ctx=max(512, len(ids)), logits_all=True)
+    llm = llamacpp.open_gguf(gguf, n_ctx=max(512, len(ids)), logits_all=True)
     try:
         llm.eval(ids)
         cpp_logits = torch.from_numpy(np.array(llm.scores[: len(ids)], dtype=np.float64))

@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from edgetune import llamacpp
 from edgetune.artifacts import EvalReport, GgufModel, QuantizedModels, atomic_dir, write_json_atomic
-from edgetune.convert import _open_gguf
 from edgetune.errors import DataError
 
 
@@ -52,7 +52,7 @@ def perplexity(path: Path, texts: Sequence[str], *, n_ctx: int = 512) -> dict:
     """
     import numpy as np
 
-    llm = _open_gguf(path, n_ctx=n_ctx, logits_all=True)
+    llm = llamacpp.open_gguf(path, n_ctx=n_ctx, logits_all=True)
     try:
         tokens = llm.tokenize("\n\n".join(texts).encode(), add_bos=False, special=True)
         n_chunks = len(tokens) // n_ctx
@@ -83,7 +83,7 @@ def speed(path: Path, *, prompt_tokens: int = 128, gen_tokens: int = 32, reps: i
     """Prefill and decode tokens/s, the llama-bench way: warm-up, then the median of ``reps``."""
     import llama_cpp
 
-    llm = _open_gguf(path, n_ctx=prompt_tokens + gen_tokens + 8)
+    llm = llamacpp.open_gguf(path, n_ctx=prompt_tokens + gen_tokens + 8)
     try:
         vocab = llm.n_vocab()
         prompt = [(i * 7919) % (vocab - 10) + 10 for i in range(prompt_tokens)]
@@ -108,7 +108,7 @@ def speed(path: Path, *, prompt_tokens: int = 128, gen_tokens: int = 32, reps: i
     return {
         "prefill_tps": statistics.median(s[0] for s in samples),
         "decode_tps": statistics.median(s[1] for s in samples),
-        "threads": __import__("edgetune.convert", fromlist=["x"]).llamacpp_threads(),
+        "threads": llamacpp.threads(),
     }
 
 

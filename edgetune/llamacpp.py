@@ -70,3 +70,16 @@ def tool(name: str) -> tuple[Path, dict[str, str]]:
     libdirs = [str(site / "lib"), str(_package_dir() / "lib")]
     env["LD_LIBRARY_PATH"] = os.pathsep.join(libdirs + [env.get("LD_LIBRARY_PATH", "")])
     return binary, env
+
+
+def threads() -> int:
+    """A fixed thread count for every llama.cpp call, so speed figures are comparable."""
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def open_gguf(path: Path, *, n_ctx: int = 512, logits_all: bool = False, vocab_only: bool = False):
+    """Load a GGUF in-process with llama.cpp (quietly)."""
+    import llama_cpp
+
+    return llama_cpp.Llama(str(path), n_ctx=n_ctx, logits_all=logits_all, vocab_only=vocab_only,
+                           n_threads=threads(), verbose=False)

@@ -20,7 +20,6 @@ from edgetune.errors import ModelError
 
 def merge(adapter: Adapter, out: Path, *, overwrite: bool = False,
           on_progress: Callable[[str], None] | None = None) -> MergedModel:
-    import torch
     from peft import PeftModel
 
     report = on_progress or (lambda _msg: None)
@@ -48,7 +47,6 @@ def merge(adapter: Adapter, out: Path, *, overwrite: bool = False,
         artifact = MergedModel(path=scratch, architecture=arch, base_model=adapter.base_model,
                                max_weight_delta=delta)
         artifact.save()
-    del before, torch  # free the copy of the base weights promptly
     return dataclasses.replace(artifact, path=out)
 
 

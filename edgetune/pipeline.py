@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -212,5 +211,3 @@ def _base_name(base_model: str) -> str:
     path = Path(base_model)
     return "edgetune-demo-base (built locally)" if "demo-base" in path.name else base_model
 
-
-ProgressFn = Callable[[int, int, str], None]

@@ -135,7 +135,7 @@ def _load_private_key(path: Path, passphrase: str | None) -> None:
     pw = _passphrase_bytes(passphrase)
     try:
         key = ser.load_pem_private_key(data, pw)
-    except TypeError as e:  # never echo the passphrase or key bytes
+    except TypeError:  # never echo the passphrase or key bytes
         if pw is None:
             raise KeyFileError(f"{path} is protected by a passphrase",
                                "Supply the passphrase the key was created with.") from None
