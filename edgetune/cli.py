@@ -43,6 +43,55 @@ def cli() -> None:
     """
 
 
+def _training_options(fn):
+    """GRPO/SFT settings shared by `build` and `train` (defaults: see TrainConfig)."""
+    options = [
+        click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps."),
+        click.option("--backend", type=click.Choice(["auto", "trl", "unsloth"]), default="auto",
+                     show_default=True,
+                     help="auto: Unsloth on an NVIDIA GPU when installed, else TRL + PEFT."),
+        click.option("--base-bits", type=click.Choice(["4", "16"]), default=None,
+                     help="Load the base in 4 or 16 bit (GPU). Default: 16 if it fits, else 4."),
+        click.option("--num-generations", type=click.IntRange(min=2), default=None,
+                     help="GRPO completions per prompt."),
+        click.option("--prompts-per-step", type=click.IntRange(min=1), default=None,
+                     help="GRPO prompts per micro-batch."),
+        click.option("--gradient-accumulation-steps", type=click.IntRange(min=1), default=None),
+        click.option("--max-completion-length", type=click.IntRange(min=8), default=None,
+                     help="GRPO: longest completion in tokens."),
+        click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=None),
+        click.option("--lora-r", type=click.IntRange(min=1), default=None, help="LoRA rank."),
+        click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="GRPO sampling temperature."),
+        click.option("--answer-format", type=click.Choice(["reasoning", "think", "r1"]), default=None,
+                     help="What the rewards expect: <reasoning>..</reasoning><answer>..</answer> "
+                          "(default), <think>..</think><answer>..</answer>, or r1: <think>..</think> "
+                          "then the plain answer (default after SFT on <think> data)."),
+        click.option("--checkpoint-every", type=click.IntRange(min=0), default=None,
+                     help="Save a resumable checkpoint every N steps (0: only on Ctrl-C)."),
+        click.option("--resume", is_flag=True,
+                     help="Continue an interrupted run from its last checkpoint."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+_TRAIN_FIELDS = ("steps", "backend", "num_generations", "prompts_per_step",
+                 "gradient_accumulation_steps", "max_completion_length", "learning_rate", "lora_r",
+                 "temperature", "answer_format", "checkpoint_every")
+
+
+def _train_config(base, options: dict):
+    """Command-line values over ``base``; options left unset keep the base's values."""
+    import dataclasses
+
+    changes = {k: options[k] for k in _TRAIN_FIELDS if options.get(k) is not None}
+    if options.get("base_bits") is not None:
+        changes["base_bits"] = int(options["base_bits"])
+    return dataclasses.replace(base, **changes)
+
+
 @cli.command()
 @click.option("--target", default="phone", show_default=True,
               help="Device profile from quant_profiles/ (or a YAML path).")
@@ -56,17 +105,19 @@ def cli() -> None:
 @click.option("--name", default=None, help="Model name, used in file names and the bundle id.")
 @click.option("--system-prompt-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="System prompt used in training and as the persona prompt.")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="GRPO steps.")
-@click.option("--backend", type=click.Choice(["auto", "trl", "unsloth"]), default="auto",
-              show_default=True, help="Training backend.")
+@click.option("--sft-data", type=click.Path(path_type=Path), default=None,
+              help="<think>-style examples (Alpaca, ShareGPT, messages, Question/Complex_CoT/"
+                   "Response) for an SFT warm start before GRPO.")
+@click.option("--sft-steps", type=click.IntRange(min=1), default=60, show_default=True)
+@_training_options
 @click.option("--out", type=click.Path(path_type=Path), default=Path("edgetune-out"),
               show_default=True, help="Output directory (one folder per stage).")
 @click.option("--key", type=click.Path(path_type=Path), default=None,
               help="Private signing key. Default: ~/.edgetune/keys/edgetune.key, created if missing.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
-def build(target, data, question_field, answer_field, base_model, name, system_prompt_file, steps,
-          backend, out, key, overwrite, as_json) -> None:
+def build(target, data, question_field, answer_field, base_model, name, system_prompt_file,
+          sft_data, sft_steps, out, key, overwrite, as_json, **training) -> None:
     """Run the whole pipeline: train, merge, convert, quantise, evaluate, bundle and sign.
 
     \b
@@ -74,6 +125,8 @@ def build(target, data, question_field, answer_field, base_model, name, system_p
       edgetune build --target phone                      # the built-in demo
       edgetune build --data qa.jsonl --base-model Qwen/Qwen2.5-1.5B-Instruct \\
           --system-prompt-file persona.txt --name coach-bot --steps 300
+      edgetune build --data qa.jsonl --sft-data cot.jsonl --answer-format r1 ...
+      edgetune build ... --resume        # continue after Ctrl-C or a crash
     """
     import dataclasses
 
@@ -98,14 +151,16 @@ def build(target, data, question_field, answer_field, base_model, name, system_p
         prompt = system_prompt_file.read_text().strip()
         project = dataclasses.replace(project, system_prompt=prompt)
         train_cfg = dataclasses.replace(train_cfg, system_prompt=prompt)
-    train_cfg = dataclasses.replace(train_cfg, backend=backend,
-                                    **({"steps": steps} if steps else {}))
-    project = dataclasses.replace(project, train=train_cfg)
+    if sft_data is not None and training.get("answer_format") is None:
+        # SFT on <think> data teaches <think>CoT</think> answer (R1 style); reward that format.
+        train_cfg = dataclasses.replace(train_cfg, answer_format="r1")
+    train_cfg = _train_config(train_cfg, training)
+    project = dataclasses.replace(project, train=train_cfg, sft_data=sft_data, sft_steps=sft_steps)
     passphrase = os.environ.get("EDGETUNE_KEY_PASSPHRASE") or None
 
     with RichEvents() as events:
         result = run_build(project, profile, out, key=key, passphrase=passphrase,
-                           overwrite=overwrite, events=events)
+                           overwrite=overwrite, resume=training["resume"], events=events)
     if as_json:
         click.echo(json.dumps({"bundle": str(result.bundle.path), "bundle_id": result.bundle.bundle_id,
                                "key_id": result.bundle.key_id, "public_key": str(result.public_key),
@@ -114,6 +169,90 @@ def build(target, data, question_field, answer_field, base_model, name, system_p
     console.print(eval_table(result.eval_report))
     console.print(f"[bold green]Bundle:[/] {result.bundle.path}")
     console.print(f"Verify: edgetune verify {result.bundle.path} --key {result.public_key}")
+
+
+@cli.command("train")
+@click.option("--method", type=click.Choice(["grpo", "sft"]), default="grpo", show_default=True)
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="GRPO: Q&A file (default: the demo questions). SFT: <think>-style examples.")
+@click.option("--format", "sft_format", type=click.Choice(["auto", "alpaca", "sharegpt", "messages", "cot"]),
+              default="auto", show_default=True, help="SFT data layout.")
+@click.option("--question-field", default="question", show_default=True)
+@click.option("--answer-field", default="answer", show_default=True)
+@click.option("--base-model", default=None, help="HF model dir or hub id. Default: the demo model.")
+@click.option("--init-adapter", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Continue training this adapter (e.g. GRPO after SFT).")
+@click.option("--system-prompt-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None)
+@_training_options
+@click.option("--out", type=click.Path(path_type=Path), default=Path("edgetune-adapter"),
+              show_default=True, help="Where the adapter goes (checkpoints: OUT.checkpoints).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing adapter and its checkpoints.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def train_cmd(method, data, sft_format, question_field, answer_field, base_model, init_adapter,
+              system_prompt_file, out, overwrite, as_json, **training) -> None:
+    """Train a LoRA adapter: GRPO on Q&A, or an SFT warm start on reasoning examples.
+
+    Ctrl-C saves a checkpoint; run the same command with --resume to continue.
+
+    \b
+    Examples:
+      edgetune train --steps 20                              # GRPO on the demo
+      edgetune train --method sft --data medical-o1.jsonl --base-model Qwen/Qwen2.5-1.5B-Instruct \\
+          --out sft --steps 200
+      edgetune train --data qa.jsonl --base-model Qwen/Qwen2.5-1.5B-Instruct --init-adapter sft \\
+          --answer-format r1 --out grpo --steps 300
+    """
+    import dataclasses
+
+    from edgetune.console import RichEvents, console
+    from edgetune.data import Columns, load_qa, split_qa
+    from edgetune.pipeline import demo_project
+    from edgetune.train import TrainConfig, train
+
+    demo = demo_project()
+    system_prompt = system_prompt_file.read_text().strip() if system_prompt_file else (
+        demo.system_prompt if data is None else "")
+    base_cfg = demo.train if data is None else TrainConfig()
+    if method == "sft" and training.get("answer_format") is None:
+        base_cfg = dataclasses.replace(base_cfg, answer_format="r1")
+    config = dataclasses.replace(_train_config(base_cfg, training), method=method,
+                                 system_prompt=system_prompt)
+    if method == "sft":
+        if data is None:
+            raise click.UsageError("--method sft needs --data (reasoning examples to imitate)")
+        from edgetune.sft_data import load_sft
+
+        rows = load_sft(data, format=sft_format, system_prompt=system_prompt).examples
+    else:
+        loaded = load_qa(data or demo.data, Columns(question=question_field, answer=answer_field))
+        rows = split_qa(loaded.rows, eval_fraction=demo.eval_fraction).train
+    from edgetune.backends import select_backend
+
+    select_backend(config.backend)  # Unsloth must load before transformers does
+    with RichEvents() as events:
+        if base_model is None:
+            from edgetune.pipeline import _demo_base
+
+            base_model = _demo_base(events)
+        events.stage(method, f"{method.upper()}, {config.steps} steps, {len(rows)} rows")
+        adapter = train(base_model, rows, config, out, init_adapter=init_adapter,
+                        resume=training["resume"], overwrite=overwrite,
+                        on_step=lambda s: events.progress(method, s.step, s.total, _step_text(s)),
+                        on_note=events.note)
+        events.stage_done(method, str(adapter.path))
+    if as_json:
+        click.echo(json.dumps({"adapter": str(adapter.path), "method": adapter.method,
+                               "backend": adapter.backend, "steps": adapter.steps,
+                               "effective_config": adapter.effective_config}))
+    else:
+        console.print(f"[bold green]Adapter:[/] {adapter.path}  (log: {adapter.path / adapter.log_file})")
+
+
+def _step_text(step) -> str:
+    from edgetune.pipeline import _step_detail
+
+    return _step_detail(step)
 
 
 @cli.group()
@@ -202,6 +341,7 @@ def targets() -> None:
 def main() -> None:
     # Library progress bars and advisories would interleave with our own live view.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     cli(prog_name="edgetune")

@@ -58,6 +58,25 @@ def architecture(model_dir: Path) -> str:
     )
 
 
+def refuse_prequantized(model_dir: Path) -> None:
+    """Refuse a base stored already quantised (e.g. ``unsloth/...-bnb-4bit``).
+
+    edgetune merges the LoRA into the real 16-bit weights; a 4-bit copy has lost them (merging
+    into it is how merged models end up worse than their adapter, unsloth#1519). Unsloth
+    quantises a 16-bit base on load just as fast, so the 16-bit model is all we need.
+    """
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    quant = config.get("quantization_config")
+    if quant:
+        method = quant.get("quant_method", "unknown") if isinstance(quant, dict) else "unknown"
+        raise ModelError(
+            f"{model_dir} is stored already quantised ({method}); edgetune needs the 16-bit base",
+            hint="pass the original model instead (e.g. Qwen/Qwen2.5-3B-Instruct, not "
+                 "unsloth/Qwen2.5-3B-Instruct-bnb-4bit) and add --base-bits 4 to train it in 4-bit; "
+                 "get it with `hf download <model>` on a machine with network",
+        )
+
+
 def load_tokenizer(model_dir: Path):
     """Load a tokenizer the way llama.cpp's converter will read it.
 

@@ -23,8 +23,11 @@ def merge(adapter: Adapter, out: Path, *, overwrite: bool = False,
     from peft import PeftModel
 
     report = on_progress or (lambda _msg: None)
+    # Always the 16-bit weights the adapter was trained on top of: a 4-bit training run
+    # quantised them on load, so merging needs the original files (local dir or HF cache).
     base_dir = hf.resolve_model(adapter.base_model)
     arch = hf.architecture(base_dir)
+    hf.refuse_prequantized(base_dir)
     report("loading the 16-bit base")
     base = hf.load_causal_lm(base_dir, _stored_dtype(base_dir))
     before = {k: v.detach().clone() for k, v in base.state_dict().items()}

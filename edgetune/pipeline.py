@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from edgetune import paths
-from edgetune.artifacts import Bundle
+from edgetune.artifacts import Adapter, Bundle
 from edgetune.data import Columns, QARow, load_qa, split_qa
 from edgetune.errors import OutputExistsError
 from edgetune.profiles import QuantProfile
@@ -37,6 +38,9 @@ class Project:
     version: str = "0.1.0"
     eval_fraction: float = 0.1
     train: TrainConfig = field(default_factory=TrainConfig)
+    sft_data: Path | None = None  # <think>-style examples for an SFT warm start before GRPO
+    sft_format: str = "auto"
+    sft_steps: int = 60
 
 
 def demo_project() -> Project:
@@ -70,9 +74,13 @@ class BuildResult:
 
 
 def build(project: Project, profile: QuantProfile, out: Path, *, key: Path | None = None,
-          passphrase: str | None = None, overwrite: bool = False,
+          passphrase: str | None = None, overwrite: bool = False, resume: bool = False,
           events: BuildEvents | None = None) -> BuildResult:
-    """Run every stage into ``out/<stage>`` and return the signed bundle."""
+    """Run every stage into ``out/<stage>`` and return the signed bundle.
+
+    ``resume`` picks up an interrupted build: finished training stages are reused, a training
+    stage with checkpoints continues from the newest one, later stages are redone.
+    """
     import json
 
     from edgetune.bundle import BundleInfo, BundleModel, build_bundle
@@ -80,25 +88,45 @@ def build(project: Project, profile: QuantProfile, out: Path, *, key: Path | Non
     from edgetune.evaluate import evaluate
     from edgetune.merge import merge
     from edgetune.quantise import quantise
-    from edgetune.train import train
 
     ev = events or SilentEvents()
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    if out.exists() and any(out.iterdir()) and not (overwrite or resume):
         raise OutputExistsError(f"{out} already exists",
-                                hint="choose another --out directory or pass --overwrite")
+                                hint="choose another --out directory, pass --resume to continue an "
+                                     "interrupted build, or --overwrite to start again")
     # Bad input fails here, before anything is created (keys, models, output folders).
     ev.stage("data", str(project.data))
     rows = load_qa(project.data, project.columns).rows
     splits = split_qa(rows, eval_fraction=project.eval_fraction)
-    ev.stage_done("data", f"{len(splits.train)} train / {len(splits.eval)} held-out rows")
+    sft_examples = None
+    if project.sft_data is not None:
+        from edgetune.sft_data import load_sft
+
+        sft_examples = load_sft(project.sft_data, format=project.sft_format,
+                                system_prompt=project.system_prompt).examples
+    ev.stage_done("data", f"{len(splits.train)} train / {len(splits.eval)} held-out rows"
+                  + (f", {len(sft_examples)} SFT examples" if sft_examples else ""))
+    from edgetune.backends import select_backend
+
+    select_backend(project.train.backend)  # Unsloth must load before transformers does
     private_key, public_key = _signing_key(key, ev)
+    redo = overwrite or resume  # later stages are cheap and always redone on --resume
 
     base_model = project.base_model or _demo_base(ev)
+    init_adapter = None
+    if sft_examples:
+        sft_cfg = dataclasses.replace(project.train, method="sft", steps=project.sft_steps)
+        ev.stage("sft", f"SFT warm start, {sft_cfg.steps} steps")
+        sft = _train_stage(base_model, sft_examples, sft_cfg, out / "sft-adapter", None,
+                           overwrite=overwrite, resume=resume, ev=ev, stage="sft")
+        ev.stage_done("sft", f"{sft.steps} steps on {sft.effective_config.get('device')}")
+        init_adapter = sft.path
     ev.stage("train", f"GRPO, {project.train.steps} steps")
-    adapter = train(base_model, splits.train, project.train, out / "adapter", overwrite=overwrite,
-                    on_step=lambda s: ev.progress("train", s.step, s.total, _step_detail(s)))
+    adapter = _train_stage(base_model, splits.train, project.train, out / "adapter", init_adapter,
+                           overwrite=overwrite, resume=resume, ev=ev, stage="train")
     ev.stage_done("train", f"{adapter.steps} steps on {adapter.effective_config.get('device')}")
+    overwrite = redo
 
     ev.stage("merge")
     merged = merge(adapter, out / "merged", overwrite=overwrite)
@@ -142,7 +170,9 @@ def build(project: Project, profile: QuantProfile, out: Path, *, key: Path | Non
         greeting=project.greeting,
         training={"method": adapter.method, "backend": adapter.backend, "steps": adapter.steps,
                   "dataset_rows": len(splits.train), "rewards": list(project.train.rewards),
-                  "effective_config": adapter.effective_config},
+                  "effective_config": adapter.effective_config,
+                  **({"warm_start": {"method": "sft", "steps": project.sft_steps,
+                                     "examples": len(sft_examples)}} if sft_examples else {})},
         eval_results=eval_results,
     )
     models = [BundleModel(quant=q, source=quants.gguf(q), architecture=f16.architecture,
@@ -153,6 +183,21 @@ def build(project: Project, profile: QuantProfile, out: Path, *, key: Path | Non
                           passphrase=passphrase, overwrite=overwrite)
     ev.stage_done("bundle", str(bundle.path))
     return BuildResult(bundle=bundle, public_key=public_key, eval_report=eval_results)
+
+
+def _train_stage(base_model: str, data, config: TrainConfig, out: Path, init_adapter: Path | None, *,
+                 overwrite: bool, resume: bool, ev: BuildEvents, stage: str) -> Adapter:
+    from edgetune.artifacts import ARTIFACT_FILE
+    from edgetune.train import checkpoint_dir, last_checkpoint, train
+
+    if resume and not overwrite and (out / ARTIFACT_FILE).is_file():
+        ev.note(f"{stage}: reusing the finished adapter in {out}")
+        return Adapter.load(out)
+    continuing = resume and last_checkpoint(checkpoint_dir(out)) is not None
+    return train(base_model, data, config, out, init_adapter=init_adapter, resume=continuing,
+                 overwrite=overwrite or resume,
+                 on_step=lambda s: ev.progress(stage, s.step, s.total, _step_detail(s)),
+                 on_note=ev.note)
 
 
 def _signing_key(key: Path | None, ev: BuildEvents) -> tuple[Path, Path]:
@@ -195,7 +240,12 @@ def _chat_text(tokenizer, project: Project, row: QARow) -> str:
 
 def _step_detail(step: StepLog) -> str:
     m = step.metrics
-    return f"reward {float(m.get('reward', 0)):.2f}, zero-std {float(m.get('frac_reward_zero_std', 0)):.2f}"
+    if "reward" not in m:
+        return f"loss {float(m.get('loss', 0)):.3f}"
+    per_fn = " ".join(f"{k.split('/')[1][:7]} {float(v):.2f}" for k, v in m.items()
+                      if k.startswith("rewards/") and k.endswith("/mean"))
+    return (f"reward {float(m['reward']):.2f} ({per_fn}), "
+            f"zero-std {float(m.get('frac_reward_zero_std', 0)):.2f}")
 
 
 def _file_stem(name: str) -> str:

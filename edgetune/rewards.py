@@ -24,19 +24,31 @@ RewardFn = Callable[..., list[float]]
 
 @dataclass(frozen=True)
 class AnswerFormat:
-    """The tag names a completion is expected to use."""
+    """The tag names a completion is expected to use.
+
+    ``answer_tag=None`` is DeepSeek-R1's layout: ``<think>...</think>`` and then the answer as
+    plain text (what SFT on Question/Complex_CoT/Response data teaches).
+    """
 
     reasoning_tag: str = "reasoning"
-    answer_tag: str = "answer"
+    answer_tag: str | None = "answer"
 
-    def tags(self) -> tuple[str, str, str, str]:
-        """``(<reasoning>, </reasoning>, <answer>, </answer>)`` for this format."""
+    def tags(self) -> tuple[str, ...]:
+        """``(<reasoning>, </reasoning>, <answer>, </answer>)``; only the first two for R1."""
         r, a = self.reasoning_tag, self.answer_tag
+        if a is None:
+            return f"<{r}>", f"</{r}>"
         return f"<{r}>", f"</{r}>", f"<{a}>", f"</{a}>"
+
+    def describe(self) -> str:
+        ro, rc, *answer = self.tags()
+        return f"{ro}...{rc} then " + ("{}...{}".format(*answer) if answer else "the answer")
 
 
 REASONING = AnswerFormat()
 THINK = AnswerFormat(reasoning_tag="think")
+R1 = AnswerFormat(reasoning_tag="think", answer_tag=None)
+ANSWER_FORMATS = {"reasoning": REASONING, "think": THINK, "r1": R1}
 
 
 def completion_text(completion: Any) -> str:
@@ -66,6 +78,11 @@ def extract_answer(text: str, fmt: AnswerFormat = REASONING) -> str | None:
     The last closing tag pairs with the nearest opening tag before it:
     "<answer>1</answer> <answer>2" gives "1", "<answer>1 <answer>2</answer>" "2".
     """
+    if fmt.answer_tag is None:  # R1: everything after the last </think>
+        close = fmt.tags()[1]
+        end = text.rfind(close)
+        answer = text[end + len(close):].strip() if end != -1 else ""
+        return answer or None
     _, _, open_tag, close_tag = fmt.tags()
     end = text.rfind(close_tag)
     start = text.rfind(open_tag, 0, end) if end != -1 else -1
@@ -191,9 +208,13 @@ def strict_format_reward(fmt: AnswerFormat = REASONING, weight: float = 0.5) -> 
     """``weight`` when the stripped completion is exactly the requested layout:
     one reasoning then one answer block, tags on their own lines, bodies of any
     number of lines, nothing before or after."""
-    ro, rc, ao, ac = tags = [re.escape(t) for t in fmt.tags()]
-    body = rf"(?:(?!{'|'.join(tags)}).)*"  # any text, newlines included, without the four tags
-    pattern = re.compile(rf"{ro}\n{body}\n{rc}\n{ao}\n{body}\n{ac}", re.DOTALL)
+    tags = [re.escape(t) for t in fmt.tags()]
+    body = rf"(?:(?!{'|'.join(tags)}).)*"  # any text, newlines included, without the tags
+    if fmt.answer_tag is None:  # R1: <think>\n...\n</think>\nanswer (non-empty)
+        pattern = re.compile(rf"{tags[0]}\n{body}\n{tags[1]}\n(?=\S){body}", re.DOTALL)
+    else:
+        ro, rc, ao, ac = tags
+        pattern = re.compile(rf"{ro}\n{body}\n{rc}\n{ao}\n{body}\n{ac}", re.DOTALL)
 
     def reward(prompts: Any = None, completions: Any = None, **_: Any) -> list[float]:
         return [weight if pattern.fullmatch(t.strip()) else 0.0 for t in _texts(completions)]
@@ -203,8 +224,12 @@ def strict_format_reward(fmt: AnswerFormat = REASONING, weight: float = 0.5) -> 
 
 def soft_format_reward(fmt: AnswerFormat = REASONING, weight: float = 0.5) -> RewardFn:
     """``weight`` when a reasoning block is followed (whitespace allowed) by an answer block, anywhere."""
-    ro, rc, ao, ac = (re.escape(t) for t in fmt.tags())
-    pattern = re.compile(rf"{ro}.*?{rc}\s*{ao}.*?{ac}", re.DOTALL)
+    if fmt.answer_tag is None:  # R1: a think block followed by some answer text
+        ro, rc = (re.escape(t) for t in fmt.tags())
+        pattern = re.compile(rf"{ro}.*?{rc}\s*\S", re.DOTALL)
+    else:
+        ro, rc, ao, ac = (re.escape(t) for t in fmt.tags())
+        pattern = re.compile(rf"{ro}.*?{rc}\s*{ao}.*?{ac}", re.DOTALL)
 
     def reward(prompts: Any = None, completions: Any = None, **_: Any) -> list[float]:
         return [weight if pattern.search(t) else 0.0 for t in _texts(completions)]
@@ -219,6 +244,8 @@ def xml_count_reward(fmt: AnswerFormat = REASONING, per_tag: float = 0.125, trai
     tags = fmt.tags()
 
     def score(text: str) -> float:
+        if fmt.answer_tag is None:  # R1: two tags worth the same in total; the answer follows them
+            return sum(2 * per_tag for tag in tags if text.count(tag) == 1)
         total = sum(per_tag for tag in tags if text.count(tag) == 1)
         end = text.rfind(tags[3])
         tail = text[end + len(tags[3]):] if end != -1 else ""

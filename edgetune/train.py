@@ -1,36 +1,54 @@
-"""train: GRPO on the creator's Q&A, producing a LoRA adapter and a training log.
+"""train: GRPO (or an SFT warm start) on the creator's data, producing a LoRA adapter.
 
-Backends are the seam between edgetune and a training engine. ``trl`` (TRL + PEFT) runs
-anywhere, CPU included; the Unsloth backend for NVIDIA GPUs plugs in here with the same
-inputs and the same artifact layout.
+The engine is TRL's trainers; a backend (``edgetune.backends``) only loads the model with its
+LoRA: Unsloth on NVIDIA GPUs, plain transformers + PEFT anywhere else. Everything around the
+trainer lives here and is the same for both, so a GPU run and a CPU run leave the same layout:
+
+    <out>/                      the finished adapter (written atomically at the end)
+        adapter_model.safetensors, adapter_config.json, training_log.jsonl, artifact.json
+    <out>.checkpoints/          while training: run.json and checkpoint-N (model, optimizer,
+                                scheduler, RNG), removed once the adapter is in place
+
+``resume=True`` continues from the newest complete checkpoint with its optimizer, scheduler
+and RNG state; Ctrl-C asks the trainer to save a checkpoint at the end of the current step.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import shutil
+import signal
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
 from edgetune import hf
-from edgetune.artifacts import Adapter, atomic_dir
-from edgetune.data import QARow
-from edgetune.errors import ConfigError
-from edgetune.rewards import REWARD_NAMES, rewards_by_name
+from edgetune.artifacts import Adapter, atomic_dir, write_json_atomic
+from edgetune.errors import ConfigError, EdgetuneError, OutputExistsError
+from edgetune.rewards import ANSWER_FORMATS, REWARD_NAMES, rewards_by_name
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 LOG_FILE = "training_log.jsonl"
+METHODS = ("grpo", "sft")
+# Files of a Trainer checkpoint that must all exist before we trust it for --resume
+# (a SIGKILL while saving leaves a checkpoint directory without some of them).
+_CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """GRPO settings. Defaults suit the CPU demo; the README lists settings for 1.5B-3B models."""
+    """Training settings. Defaults suit the CPU demo; the README lists settings for 1.5B-3B models."""
 
+    method: str = "grpo"
     steps: int = 30
     num_generations: int = 4
     prompts_per_step: int = 2
+    gradient_accumulation_steps: int = 1
+    max_prompt_length: int = 256
     max_completion_length: int = 64
     learning_rate: float = 5e-4
     lora_r: int = 16
@@ -38,25 +56,48 @@ class TrainConfig:
     temperature: float = 1.0
     seed: int = 0
     rewards: tuple[str, ...] = REWARD_NAMES
+    answer_format: str = "reasoning"
     system_prompt: str = ""
     backend: str = "auto"
+    base_bits: int | None = None  # 4 or 16; None: 16 when it fits the GPU, else 4
+    checkpoint_every: int = 50
+    sft_batch_size: int = 4
+    max_seq_length: int = 1024  # SFT: longer examples are truncated
 
     def validate(self) -> None:
         problems = []
+        if self.method not in METHODS:
+            problems.append(f"method must be one of {', '.join(METHODS)}, not '{self.method}'")
         if self.steps < 1:
             problems.append("steps must be at least 1")
         if self.num_generations < 2:
             problems.append("num_generations must be at least 2 (GRPO compares completions)")
         if self.prompts_per_step < 1:
             problems.append("prompts_per_step must be at least 1")
+        if self.gradient_accumulation_steps < 1:
+            problems.append("gradient_accumulation_steps must be at least 1")
         if self.max_completion_length < 8:
             problems.append("max_completion_length must be at least 8")
+        if self.base_bits not in (None, 4, 16):
+            problems.append(f"base_bits must be 4 or 16, not {self.base_bits}")
+        if self.checkpoint_every < 0:
+            problems.append("checkpoint_every must be 0 (never) or more")
+        if self.answer_format not in ANSWER_FORMATS:
+            problems.append(f"answer_format must be one of {', '.join(ANSWER_FORMATS)}")
         unknown = [r for r in self.rewards if r not in REWARD_NAMES]
         if unknown:
             problems.append(f"unknown reward {', '.join(unknown)} (choose from {', '.join(REWARD_NAMES)})")
         if problems:
             raise ConfigError("invalid training settings: " + "; ".join(problems),
                               hint="fix the values in the train section or on the command line")
+
+    def fingerprint(self) -> dict:
+        """The settings a resumed run must share with the run it continues (steps may grow)."""
+        data = dataclasses.asdict(self)
+        for free in ("steps", "backend", "checkpoint_every"):
+            data.pop(free)
+        data["rewards"] = list(self.rewards)
+        return data
 
 
 @dataclass(frozen=True)
@@ -66,118 +107,307 @@ class StepLog:
     metrics: dict = field(default_factory=dict)
 
 
-class TrainBackend(Protocol):
-    name: str
+class TrainingInterrupted(EdgetuneError):
+    """Ctrl-C during training: a checkpoint was saved (or there was nothing to save yet)."""
 
-    def train_grpo(self, base: Path, rows: Sequence[QARow], config: TrainConfig, out: Path,
-                   on_step: Callable[[StepLog], None]) -> dict:
-        """Train a LoRA adapter into ``out``; return the effective configuration."""
+    exit_code = 130
 
 
-def select_backend(name: str) -> TrainBackend:
-    if name in ("auto", "trl"):
-        return TrlBackend()
-    if name == "unsloth":
-        raise ConfigError("the Unsloth backend is not available in this version yet",
-                          hint="use --backend trl (works on CPU and GPU)")
-    raise ConfigError(f"unknown training backend '{name}'", hint="choose auto, trl or unsloth")
+def checkpoint_dir(out: Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".checkpoints")
 
 
-def train(base_model: str, rows: Sequence[QARow], config: TrainConfig, out: Path, *,
-          overwrite: bool = False, on_step: Callable[[StepLog], None] | None = None) -> Adapter:
-    """GRPO-train a LoRA adapter on ``rows``; write it and the training log under ``out``."""
+def last_checkpoint(directory: Path) -> Path | None:
+    """The newest complete ``checkpoint-N`` under ``directory``, or None."""
+    if not directory.is_dir():
+        return None
+    complete = [p for p in directory.glob("checkpoint-*")
+                if p.name.split("-")[-1].isdigit() and all((p / f).is_file() for f in _CHECKPOINT_FILES)]
+    return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def train(base_model: str, data: Sequence[Any], config: TrainConfig, out: Path, *,
+          init_adapter: Path | None = None, resume: bool = False, overwrite: bool = False,
+          on_step: Callable[[StepLog], None] | None = None,
+          on_note: Callable[[str], None] | None = None,
+          trainer_overrides: dict | None = None) -> Adapter:
+    """Train a LoRA adapter on ``data`` and write it, with its training log, to ``out``.
+
+    ``data`` holds QARow for GRPO and SftExample for SFT. ``init_adapter`` continues training an
+    existing adapter (GRPO after an SFT warm start). ``trainer_overrides`` go straight into the
+    TRL config (benchmarks use it to try generation settings).
+    """
+    from edgetune.backends import select_backend
+
     config.validate()
-    if not rows:
+    if not data:
         raise ConfigError("no training rows", hint="check the dataset and the eval split")
+    out = Path(out)
+    note = on_note or (lambda _msg: None)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out} already exists", hint="choose another output or pass --overwrite")
     base = hf.resolve_model(base_model)
     hf.architecture(base)
+    hf.refuse_prequantized(base)
     backend = select_backend(config.backend)
+
+    work = checkpoint_dir(out)
+    resume_from = _prepare_work_dir(work, base, config, init_adapter, data_digest(data),
+                                    resume=resume, overwrite=overwrite)
+    if resume_from is not None:
+        note(f"resuming from {resume_from.name}")
+    log_path = work / LOG_FILE
+    _truncate_log(log_path, _checkpoint_step(resume_from))
+
+    def log(entry: dict) -> None:
+        with log_path.open("a") as fh:
+            fh.write(json.dumps(entry) + "\n")
+
+    effective, model = _run_trainer(backend, base, data, config, work, init_adapter, resume_from,
+                                    log, on_step, note, trainer_overrides or {})
     with atomic_dir(out, overwrite=overwrite) as scratch:
-        log_path = scratch / LOG_FILE
-
-        def log_step(entry: StepLog) -> None:
-            with log_path.open("a") as fh:
-                fh.write(json.dumps({"step": entry.step, **entry.metrics}) + "\n")
-            if on_step:
-                on_step(entry)
-
-        effective = backend.train_grpo(base, rows, config, scratch, log_step)
-        artifact = Adapter(path=scratch, base_model=str(base), method="grpo", backend=backend.name,
-                           steps=config.steps, log_file=LOG_FILE, effective_config=effective)
+        model.save_pretrained(scratch)
+        shutil.copyfile(log_path, scratch / LOG_FILE)
+        artifact = Adapter(path=scratch, base_model=str(base), method=config.method,
+                           backend=backend.name, steps=config.steps, log_file=LOG_FILE,
+                           effective_config=effective)
         artifact.save()
+    shutil.rmtree(work, ignore_errors=True)
     return dataclasses.replace(artifact, path=out)
 
 
-def grpo_prompt(row: QARow, system_prompt: str) -> list[dict]:
+def _prepare_work_dir(work: Path, base: Path, config: TrainConfig, init_adapter: Path | None,
+                      data: str, *, resume: bool, overwrite: bool) -> Path | None:
+    run = {"base_model": str(base), "init_adapter": str(init_adapter or ""), "data": data,
+           "config": config.fingerprint()}
+    run_file = work / "run.json"
+    last = last_checkpoint(work)
+    if resume:
+        if last is None:
+            raise ConfigError(f"nothing to resume: no complete checkpoint in {work}",
+                              hint="run without --resume to start training")
+        earlier = json.loads(run_file.read_text()) if run_file.is_file() else {}
+        changed = sorted(k for k in set(run) | set(earlier) if k != "config" and run.get(k) != earlier.get(k))
+        old_cfg, new_cfg = earlier.get("config", {}), run["config"]
+        changed += sorted(k for k in set(old_cfg) | set(new_cfg) if old_cfg.get(k) != new_cfg.get(k))
+        if changed:
+            raise ConfigError(f"cannot resume: {', '.join(changed)} differ from the run in {work}",
+                              hint="resume with the same settings (only --steps may grow), "
+                                   "or pass --overwrite to start again")
+        return last
+    if work.exists():
+        if last is not None and not overwrite:
+            raise ConfigError(
+                f"an earlier training run stopped at step {_checkpoint_step(last)} ({work})",
+                hint="add --resume to continue it, or --overwrite to start again")
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    write_json_atomic(run_file, run)
+    return None
+
+
+def _checkpoint_step(checkpoint: Path | None) -> int:
+    return int(checkpoint.name.split("-")[-1]) if checkpoint is not None else 0
+
+
+def _truncate_log(log_path: Path, step: int) -> None:
+    """Drop log entries after ``step``: a resumed run logs those steps again."""
+    if not log_path.is_file():
+        return
+    kept = [line for line in log_path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    log_path.write_text("".join(line + "\n" for line in kept))
+
+
+def grpo_prompt(row, system_prompt: str) -> list[dict]:
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     return messages + [{"role": "user", "content": row.question}]
 
 
-class TrlBackend:
-    """TRL's GRPOTrainer with a PEFT LoRA: the portable path (TRL >= 1.16 runs GRPO on CPU)."""
+def _dataset(config: TrainConfig, data: Sequence[Any]):
+    from datasets import Dataset
 
-    name = "trl"
+    if config.method == "sft":
+        from edgetune.sft_data import to_prompt_completion
 
-    def train_grpo(self, base, rows, config, out, on_step):
-        import torch
-        from datasets import Dataset
-        from peft import LoraConfig
-        from transformers import TrainerCallback
-        from transformers.trainer_callback import PrinterCallback, ProgressCallback
-        from trl import GRPOConfig, GRPOTrainer
+        return Dataset.from_list([to_prompt_completion(e) for e in data])
+    return Dataset.from_list(
+        [{"prompt": grpo_prompt(r, config.system_prompt), "answer": r.answer} for r in data])
 
-        torch.manual_seed(config.seed)
-        dataset = Dataset.from_list(
-            [{"prompt": grpo_prompt(r, config.system_prompt), "answer": r.answer} for r in rows]
-        )
-        cuda = torch.cuda.is_available()
-        args = GRPOConfig(
-            output_dir=str(out / "trainer"),
-            max_steps=config.steps,
-            per_device_train_batch_size=config.num_generations * config.prompts_per_step,
-            num_generations=config.num_generations,
-            max_completion_length=config.max_completion_length,
-            learning_rate=config.learning_rate,
-            temperature=config.temperature,
-            logging_steps=1,
-            save_strategy="no",
-            report_to=[],
-            seed=config.seed,
-            use_cpu=not cuda,
-            bf16=cuda and torch.cuda.is_bf16_supported(),
-            disable_tqdm=True,
-        )
-        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
-                          target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
-        model = hf.load_causal_lm(base, "bfloat16" if args.bf16 else "float32")
-        trainer = GRPOTrainer(model=model, reward_funcs=rewards_by_name(config.rewards),
-                              args=args, train_dataset=dataset,
-                              processing_class=hf.load_tokenizer(base), peft_config=lora)
 
-        class _Relay(TrainerCallback):
-            def on_log(self, _args, state, _control, logs=None, **_kw):
-                if logs and "reward" in logs:
-                    on_step(StepLog(state.global_step, config.steps, dict(logs)))
+def _trainer_args(config: TrainConfig, work: Path, *, cuda: bool, bf16: bool, overrides: dict):
+    common = dict(
+        output_dir=str(work),
+        max_steps=config.steps,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        logging_steps=1,
+        save_strategy="steps" if config.checkpoint_every else "no",
+        save_steps=config.checkpoint_every or 500,
+        save_total_limit=2,  # the previous checkpoint survives a crash while writing the next
+        report_to=[],
+        seed=config.seed,
+        use_cpu=not cuda,
+        bf16=bf16,
+        disable_tqdm=True,
+    )
+    if config.method == "sft":
+        from trl import SFTConfig
 
-        # Stages never print: progress reaches the user through on_step.
-        trainer.remove_callback(PrinterCallback)
-        trainer.remove_callback(ProgressCallback)
-        trainer.add_callback(_Relay())
-        trainer.train()
-        trainer.model.save_pretrained(out)
-        effective = {
-            "per_device_train_batch_size": args.per_device_train_batch_size,
-            "gradient_accumulation_steps": args.gradient_accumulation_steps,
-            "num_generations": args.num_generations,
-            "max_completion_length": args.max_completion_length,
-            "loss_type": args.loss_type,
-            "beta": args.beta,
-            "learning_rate": args.learning_rate,
-            "lora_r": config.lora_r,
-            "lora_alpha": config.lora_alpha,
-            "device": "cuda" if cuda else "cpu",
-        }
-        import shutil
+        return SFTConfig(**common, per_device_train_batch_size=config.sft_batch_size,
+                         max_length=config.max_seq_length, packing=False, **overrides)
+    from trl import GRPOConfig
 
-        shutil.rmtree(out / "trainer", ignore_errors=True)
-        return effective
+    return GRPOConfig(**common,
+                      per_device_train_batch_size=config.num_generations * config.prompts_per_step,
+                      num_generations=config.num_generations,
+                      max_completion_length=config.max_completion_length,
+                      temperature=config.temperature, **overrides)
+
+
+def _run_trainer(backend, base, data, config, work, init_adapter, resume_from, log, on_step, note,
+                 overrides):
+    loaded = backend.load(base, config, init_adapter=init_adapter, on_note=note)
+    # TRL after the backend: Unsloth must be imported before TRL to patch its trainers.
+    import torch
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from edgetune.health import TrainingHealth
+
+    torch.manual_seed(config.seed)
+    cuda = torch.cuda.is_available()
+    args = _trainer_args(config, work, cuda=cuda, bf16=loaded.bf16, overrides=overrides)
+    dataset = _dataset(config, data)
+    if config.method == "sft":
+        from trl import SFTTrainer
+
+        trainer = SFTTrainer(model=loaded.model, args=args, train_dataset=dataset,
+                             processing_class=loaded.tokenizer, peft_config=loaded.peft_config)
+    else:
+        from trl import GRPOTrainer
+
+        fmt = ANSWER_FORMATS[config.answer_format]
+        trainer = GRPOTrainer(model=loaded.model, reward_funcs=rewards_by_name(config.rewards, fmt),
+                              args=args, train_dataset=dataset, processing_class=loaded.tokenizer,
+                              peft_config=loaded.peft_config)
+
+    effective = effective_config(trainer.args, config, backend=backend.name, device=loaded.device,
+                                 base_bits=loaded.base_bits)
+    effective.update(loaded.extra)
+    note("effective settings: " + ", ".join(f"{k}={v}" for k, v in effective.items()))
+    if resume_from is None:
+        log({"step": 0, "event": "config", **effective})
+    health = TrainingHealth(window=max(3, min(10, config.steps // 5)),
+                            max_completion_length=config.max_completion_length,
+                            answer_format=ANSWER_FORMATS[config.answer_format].describe())
+    stop = _StopOnSignal()
+
+    class _Relay(TrainerCallback):
+        def on_log(self, _args, state, _control, logs=None, **_kw):
+            if not logs or "train_runtime" in logs:
+                return
+            metrics = {k: v for k, v in logs.items() if isinstance(v, (int, float, str))}
+            log({"step": state.global_step, **metrics})
+            if config.method == "grpo":
+                for warning in health.observe(state.global_step, metrics):
+                    log({"step": state.global_step, "event": "warning", "code": warning.code,
+                         "message": warning.message})
+                    note(f"warning (step {warning.step}): {warning.message}")
+            if on_step:
+                on_step(StepLog(state.global_step, config.steps, metrics))
+
+    # Stages never print: progress reaches the user through on_step / on_note.
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(_Relay())
+    trainer.add_callback(stop)
+    with stop.installed(note):
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if stop.requested:
+        saved = last_checkpoint(work)
+        raise TrainingInterrupted(
+            f"training stopped at step {trainer.state.global_step}"
+            + (f"; checkpoint saved in {saved}" if saved else ""),
+            hint="run the same command with --resume to continue from the checkpoint")
+    return effective, trainer.model
+
+
+def effective_config(args, config: TrainConfig, *, backend: str, device: str, base_bits: int) -> dict:
+    """What the trainer will really do, read back after the backend's own overrides."""
+    keys = ["per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate",
+            "optim", "weight_decay", "lr_scheduler_type", "seed"]
+    if config.method == "grpo":
+        keys += ["num_generations", "max_completion_length", "loss_type", "beta", "temperature",
+                 "generation_batch_size", "steps_per_generation", "scale_rewards",
+                 "mask_truncated_completions", "cache_implementation"]
+    else:
+        keys += ["max_length", "packing"]
+    found = {k: _plain(getattr(args, k, None)) for k in keys}
+    return {"method": config.method, "backend": backend, "device": device, "base_bits": base_bits,
+            "lora_r": config.lora_r, "lora_alpha": config.lora_alpha, **found}
+
+
+def _plain(value):
+    # Enums by their value first: transformers' OptimizerNames and SchedulerType are str
+    # subclasses, whose str() is "OptimizerNames.ADAMW_TORCH_FUSED".
+    value = getattr(value, "value", value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+class _StopOnSignal:
+    """First Ctrl-C: save a checkpoint at the end of this step and stop. Second: abort now."""
+
+    def __init__(self):
+        self.requested = False
+
+    # TrainerCallback's hooks, duck-typed so this module imports without transformers.
+    def __getattr__(self, name):
+        if name.startswith("on_"):
+            return lambda *a, **k: None
+        raise AttributeError(name)
+
+    def on_step_end(self, args, state, control, **_kw):
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+
+    # The Trainer logs (and calls on_step) after on_step_end: a Ctrl-C arriving then must still
+    # stop at this step, not run one more whole step first.
+    on_log = on_step_end
+
+    def installed(self, note: Callable[[str], None]):
+        import contextlib
+
+        stopper = self
+
+        @contextlib.contextmanager
+        def scope():
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+
+            def handler(_sig, _frame):
+                if stopper.requested:
+                    raise KeyboardInterrupt
+                stopper.requested = True
+                note("stopping: saving a checkpoint at the end of this step (Ctrl-C again to abort)")
+
+            previous = signal.signal(signal.SIGINT, handler)
+            try:
+                yield
+            finally:
+                signal.signal(signal.SIGINT, previous)
+
+        return scope()
+
+
+def data_digest(rows: Sequence[Any]) -> str:
+    """A short hash of training data, for provenance in logs and manifests."""
+    h = hashlib.sha256()
+    for row in rows:
+        h.update(json.dumps(dataclasses.asdict(row), sort_keys=True).encode())
+    return h.hexdigest()[:16]

@@ -80,7 +80,7 @@ def _squash(text: str) -> str:
 
 def test_command_tree_is_what_the_tests_cover():
     assert [" ".join(p) for p, _ in ALL_COMMANDS[1:]] == [
-        "build", "keys", "keys new", "targets", "verify"]
+        "build", "keys", "keys new", "targets", "train", "verify"]
 
 
 @pytest.mark.parametrize(("path", "command"), ALL_COMMANDS, ids=_ids(ALL_COMMANDS))
@@ -525,7 +525,8 @@ def test_build_refuses_existing_output(home: Path, out: Path, tmp_path: Path):
     result = _build("--data", data, out=out)
     assert result.exit_code == 1
     assert _err_lines(result) == [f"Error: {out} already exists",
-                                  "Hint: choose another --out directory or pass --overwrite"]
+                                  "Hint: choose another --out directory, pass --resume to continue an "
+                                  "interrupted build, or --overwrite to start again"]
     assert os.listdir(out) == ["keep.txt"]
     assert not (home / "keys").exists()
 

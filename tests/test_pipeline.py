@@ -61,8 +61,9 @@ def test_demo_build_produces_a_verified_bundle(demo_build):
 def test_training_log_and_artifacts(demo_build):
     out, _, _ = demo_build
     log = [json.loads(line) for line in (out / "adapter" / "training_log.jsonl").read_text().splitlines()]
-    assert [entry["step"] for entry in log] == list(range(1, 7))
-    assert all("reward" in entry and "rewards/correctness/mean" in entry for entry in log)
+    assert log[0]["event"] == "config" and log[0]["step"] == 0
+    assert [entry["step"] for entry in log[1:]] == list(range(1, 7))
+    assert all("reward" in entry and "rewards/correctness/mean" in entry for entry in log[1:])
     merged = json.loads((out / "merged" / "artifact.json").read_text())
     assert merged["max_weight_delta"] > 0
     gguf = json.loads((out / "gguf" / "artifact.json").read_text())

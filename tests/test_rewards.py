@@ -7,6 +7,8 @@ import re
 import pytest
 
 from edgetune.rewards import (
+    ANSWER_FORMATS,
+    R1,
     REASONING,
     REWARD_NAMES,
     THINK,
@@ -587,3 +589,150 @@ def test_score_completion_wrong_answer_good_format():
 def test_score_completion_think():
     assert score_completion(GOOD_THINK, "18", THINK)["strict_format"] == 0.5
     assert score_completion(GOOD_THINK, "18", THINK)["correct"] == 1.0
+
+
+# --- R1: <think>\n...\n</think>\nANSWER, no answer tags -------------------------------------
+
+GOOD_R1 = f"<think>\n{MULTILINE_REASONING}\n</think>\n18"
+
+
+def test_r1_tags_and_formats():
+    assert R1.tags() == ("<think>", "</think>")
+    assert (R1.reasoning_tag, R1.answer_tag) == ("think", None)
+    assert ANSWER_FORMATS == {"reasoning": REASONING, "think": THINK, "r1": R1}
+    assert list(ANSWER_FORMATS) == ["reasoning", "think", "r1"]
+
+
+def test_describe_each_format():
+    assert REASONING.describe() == "<reasoning>...</reasoning> then <answer>...</answer>"
+    assert THINK.describe() == "<think>...</think> then <answer>...</answer>"
+    assert R1.describe() == "<think>...</think> then the answer"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (GOOD_R1, "18"),
+        ("<think>\nx\n</think>\n  The answer is 9.9.  \n", "The answer is 9.9."),
+        ("<think>\nx\n</think>\nline one\nline two", "line one\nline two"),
+        # the last </think> wins: a second thought block replaces the first answer
+        ("<think>\na\n</think>\n1\n<think>\nb\n</think>\n2", "2"),
+        ("no opening tag </think> 42", "42"),
+        ("<think>\nx\n</think>\n", None),  # nothing after </think>
+        ("<think>\nx\n</think>\n \n\t", None),  # only whitespace after it
+        ("<think>\nx\n</think>\n42</think>", None),  # nothing after the LAST one
+        ("<think>\nstill thinking, 42", None),  # no </think>: cut off mid-thought
+        ("42", None),
+        ("", None),
+    ],
+)
+def test_extract_answer_r1(text, expected):
+    assert extract_answer(text, R1) == expected
+
+
+def test_extract_answer_r1_ignores_answer_tags_elsewhere():
+    # REASONING's answer block means nothing to R1; only what follows </think> counts
+    assert extract_answer("<answer>\n7\n</answer>", R1) is None
+    assert extract_answer("<think>\nx\n</think>\n8", REASONING) is None
+
+
+def test_correctness_r1_number_in_a_sentence():
+    completions = [
+        "<think>\n9.9 = 9.90 and 9.90 > 9.11\n</think>\nThe answer is 9.9.",
+        "<think>\n11 > 9 so 9.11 is larger\n</think>\nThe answer is 9.11.",
+        "<think>\nThe answer is 9.9.\n</think>\n",  # right number, but only in the thought
+        "The answer is 9.9.",  # no think block at all
+    ]
+    assert call(correctness_reward(R1), completions, ["9.9"] * 4) == [2.0, 0.0, 0.0, 0.0]
+    assert call(number_reward(R1), completions) == [0.5, 0.5, 0.0, 0.0]
+
+
+def test_correctness_r1_text_answer():
+    completions = ["<think>\nthe capital\n</think>\nParis.", "<think>\nhmm\n</think>\nLyon"]
+    assert call(correctness_reward(R1), completions, ["paris", "paris"]) == [2.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<think>\nx\n</think>\n42",
+        GOOD_R1,
+        "\n  <think>\nx\n</think>\n42\n\n",  # surrounding whitespace is stripped first
+        "<think>\nx\n</think>\nThe answer\nspans two lines.",
+        "<think>\n\n</think>\n42",  # an empty thought, as SFT data with no CoT gives
+    ],
+)
+def test_strict_format_r1_accepts(text):
+    assert call(strict_format_reward(R1), [text]) == [0.5]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<think>\nx\n</think>\n",  # no answer
+        "<think>\nx\n</think>\n   ",  # only whitespace after </think>
+        "<think>\nx\n</think>\n\n42",  # answer not on the line right after </think>
+        "<think>\nx\n</think>42",  # answer glued to the tag
+        "<think>x</think>\n42",  # tags not on their own lines
+        "Sure! <think>\nx\n</think>\n42",  # text before <think>
+        "<think>\nx\n</think>\n42\n<think>\ny\n</think>\n43",  # a second think block
+        "<think>\nx <think> y\n</think>\n42",  # an extra opening tag
+        "<think>\nx\n</think>\n42 </think>",  # an extra closing tag
+        "42",
+        GOOD,  # REASONING's layout is not R1's
+    ],
+)
+def test_strict_format_r1_rejects(text):
+    assert call(strict_format_reward(R1), [text]) == [0.0]
+
+
+def test_soft_format_r1():
+    completions = [
+        "<think>\nx\n</think>\n42",
+        "<think>x</think>42",  # no newlines needed
+        "Sure! <think>x</think>  the answer is 42 and more",  # anywhere in the text
+        "<think>\nx\n</think>\n  \n",  # nothing after the thought
+        "</think> 42",  # no opening tag
+        "<think> 42",  # no closing tag
+        "42",
+    ]
+    assert call(soft_format_reward(R1), completions) == [0.5, 0.5, 0.5, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_xml_count_r1():
+    completions = [
+        "<think>\nx\n</think>\n42",  # both tags once
+        "<think>\nx\n</think>\n" + "a long answer " * 20,  # no penalty for the answer text
+        "<think>\nx, still thinking",  # only <think>
+        "x\n</think>\n42",  # only </think>
+        "<think>\n<think>\nx\n</think>\n42",  # <think> twice: only </think> counts
+        "<answer>\n42\n</answer>",  # no think tags at all
+    ]
+    assert call(xml_count_reward(R1), completions) == [0.5, 0.5, 0.25, 0.25, 0.25, 0.0]
+
+
+def test_score_completion_r1():
+    text = "<think>\nI compare 9.9 and 9.11: 9.90 > 9.11\n</think>\nThe answer is 9.9."
+    assert score_completion(text, "9.9", R1) == {
+        "correctness": 2.0,
+        "number": 0.5,
+        "strict_format": 0.5,
+        "soft_format": 0.5,
+        "xml_count": 0.5,
+        "correct": 1.0,
+    }
+    assert score_completion(GOOD_R1, "19", R1) == {
+        "correctness": 0.0,
+        "number": 0.5,
+        "strict_format": 0.5,
+        "soft_format": 0.5,
+        "xml_count": 0.5,
+        "correct": 0.0,
+    }
+    # the REASONING layout under R1: the think-less completion scores nothing
+    assert score_completion(GOOD, "18", R1) == {name: 0.0 for name in [*REWARD_NAMES, "correct"]}
+
+
+def test_rewards_by_name_r1():
+    fns = rewards_by_name(["strict_format", "correctness"], R1)
+    assert [call(fn, [GOOD_R1, GOOD], ["18", "18"]) for fn in fns] == [[0.5, 0.0], [2.0, 0.0]]
