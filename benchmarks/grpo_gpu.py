@@ -51,6 +51,7 @@ VARIANTS = {
     "unsloth-16bit": ("unsloth", 16, {}, {}),
     "unsloth-4bit": ("unsloth", 4, {}, {}),
     "unsloth-16bit-eager-decode": ("unsloth", 16, {}, {"UNSLOTH_DECODE_CUDA_GRAPHS": "0"}),
+    "unsloth-16bit-graphs-forced": ("unsloth", 16, {}, {"UNSLOTH_DECODE_CUDA_GRAPHS": "1"}),
     "trl-continuous-batching": ("trl", 16, {"use_transformers_continuous_batching": True}, {}),
     "trl-static-cache": ("trl", 16, {"cache_implementation": "static"}, {}),
 }
@@ -96,8 +97,25 @@ def worker(args) -> dict:
     if backend == "unsloth":
         import unsloth  # noqa: F401  (before transformers, as edgetune does)
     import torch
+    from transformers.generation.utils import GenerationMixin
 
     from edgetune.data import QARow
+
+    # Time every generate() (synchronised), to show how much of a step generation takes.
+    generate_times: list[float] = []
+    original_generate = GenerationMixin.generate
+
+    def timed_generate(self, *a, **kw):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        try:
+            return original_generate(self, *a, **kw)
+        finally:
+            torch.cuda.synchronize()
+            generate_times.append(time.perf_counter() - t0)
+
+    if torch.cuda.is_available():
+        GenerationMixin.generate = timed_generate
     from edgetune.train import TrainConfig, train
     from edgetune.vram import ModelShape, estimate_vram
 
@@ -130,6 +148,7 @@ def worker(args) -> dict:
         "completions_per_s": round(completions / median, 3),
         "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if cuda else None,
         "estimated_peak_gib": round(estimate.total_gib, 3),
+        "generate_s": [round(t, 3) for t in generate_times],
         "effective_config": eff, "trainer_overrides": overrides,
     }
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import re
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -223,6 +226,11 @@ def _demo_base(ev: BuildEvents) -> str:
     from edgetune.demo.model import PRETRAIN_STEPS, demo_base_model
 
     ev.stage("base", "building the demo base model (first run only)")
+    if "unsloth" in sys.modules:
+        # Unsloth replaces the model classes' forward with CUDA kernels in this process; the
+        # demo base is pretrained on CPU (bit-for-bit the same model everywhere) in a clean one.
+        subprocess.run([sys.executable, "-c", "from edgetune.demo.model import demo_base_model; "
+                        "demo_base_model()"], check=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     path = demo_base_model(on_step=lambda s, n, loss: ev.progress("base", s, n, f"loss {loss:.3f}"))
     ev.stage_done("base", f"demo model ({PRETRAIN_STEPS} pretraining steps) at {path}")
     return str(path)

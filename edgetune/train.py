@@ -303,11 +303,14 @@ def _run_trainer(backend, base, data, config, work, init_adapter, resume_from, l
                             max_completion_length=config.max_completion_length,
                             answer_format=ANSWER_FORMATS[config.answer_format].describe())
     stop = _StopOnSignal()
+    logged: set[int] = set()
 
     class _Relay(TrainerCallback):
         def on_log(self, _args, state, _control, logs=None, **_kw):
-            if not logs or "train_runtime" in logs:
+            # One entry per step: some backends (Unsloth) log extra summaries at the last step.
+            if not logs or "train_runtime" in logs or state.global_step in logged:
                 return
+            logged.add(state.global_step)
             metrics = {k: v for k, v in logs.items() if isinstance(v, (int, float, str))}
             log({"step": state.global_step, **metrics})
             if config.method == "grpo":
