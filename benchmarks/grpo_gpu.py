@@ -52,6 +52,7 @@ VARIANTS = {
     "unsloth-4bit": ("unsloth", 4, {}, {}),
     "unsloth-16bit-eager-decode": ("unsloth", 16, {}, {"UNSLOTH_DECODE_CUDA_GRAPHS": "0"}),
     "unsloth-16bit-graphs-forced": ("unsloth", 16, {}, {"UNSLOTH_DECODE_CUDA_GRAPHS": "1"}),
+    "unsloth-4bit-graphs-forced": ("unsloth", 4, {}, {"UNSLOTH_DECODE_CUDA_GRAPHS": "1"}),
     "trl-continuous-batching": ("trl", 16, {"use_transformers_continuous_batching": True}, {}),
     "trl-static-cache": ("trl", 16, {"cache_implementation": "static"}, {}),
 }

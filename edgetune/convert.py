@@ -104,10 +104,7 @@ def check_logit_parity(model_dir: Path, gguf: Path, texts: Sequence[str],
     if len(ids) < 16:
         raise ParityError("too little sample text for the logit parity check",
                           hint="provide evaluation data with at least a few questions")
-    model = hf.load_causal_lm(model_dir).eval()
-    with torch.no_grad():
-        hf_logits = model(torch.tensor([ids])).logits[0].double()
-    del model
+    hf_logits = reference_logits(model_dir, ids)
     llm = llamacpp.open_gguf(gguf, n_ctx=max(512, len(ids)), logits_all=True)
     try:
         llm.eval(ids)
@@ -130,3 +127,35 @@ def check_logit_parity(model_dir: Path, gguf: Path, texts: Sequence[str],
                  "by this llama.cpp version",
         )
     return result
+
+
+def reference_logits(model_dir: Path, ids: list[int]):
+    """The HF model's float64 logits for ``ids``, computed with plain transformers on CPU.
+
+    When Unsloth has been imported in this process (a GPU training run), it has replaced the
+    model classes' forward with its own CUDA kernels, so the reference is computed in a clean
+    child process instead: the parity check must compare against stock transformers.
+    """
+    import torch
+
+    if "unsloth" not in sys.modules:
+        return _hf_logits(model_dir, ids)
+    import json
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "logits.pt"
+        code = ("import json, sys, torch; from edgetune.convert import _hf_logits; "
+                "torch.save(_hf_logits(sys.argv[1], json.loads(sys.argv[2])), sys.argv[3])")
+        subprocess.run([sys.executable, "-c", code, str(model_dir), json.dumps(ids), str(out)],
+                       check=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+        return torch.load(out)
+
+
+def _hf_logits(model_dir, ids):
+    import torch
+
+    model = hf.load_causal_lm(Path(model_dir)).eval()
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].double()

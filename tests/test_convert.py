@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import json
 import shutil
 
@@ -109,3 +110,22 @@ def test_convert_refuses_existing_output(tiny_model_factory, tmp_path):
     (tmp_path / "gguf").mkdir()
     with pytest.raises(OutputExistsError):
         convert(tiny_model_factory("llama"), tmp_path / "gguf", name="T", parity_texts=["x"])
+
+
+def test_reference_logits_come_from_a_clean_process_once_unsloth_is_loaded(tiny_model_factory,
+                                                                           monkeypatch):
+    """After a GPU training run Unsloth has patched the model classes in-process; the parity
+    reference must then be computed by stock transformers in a child process, and agree."""
+    import types
+
+    import torch
+
+    from edgetune.convert import reference_logits
+
+    model = tiny_model_factory("llama")
+    ids = list(range(3, 40))
+    here = reference_logits(model, ids)
+    monkeypatch.setitem(sys.modules, "unsloth", types.ModuleType("unsloth"))
+    child = reference_logits(model, ids)
+    assert child.dtype == torch.float64 and child.shape == here.shape
+    assert torch.allclose(here, child, atol=1e-6)
