@@ -45,11 +45,13 @@ SHAPES = {
     "tiny": {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
              "num_attention_heads": 4, "num_key_value_heads": 2},
 }
-# name -> (backend, base_bits, trainer overrides, environment)
+# name -> (backend, base_bits, trainer overrides, environment). UNSLOTH_DECODE_CUDA_GRAPHS: ""
+# is Unsloth's own default (graphs only inside its RL generation scope), "1" forces the graphed
+# decode step (what edgetune's Unsloth backend sets), "0" forces the eager one.
 VARIANTS = {
     "trl": ("trl", 16, {}, {}),
-    "unsloth-16bit": ("unsloth", 16, {}, {}),
-    "unsloth-4bit": ("unsloth", 4, {}, {}),
+    "unsloth-16bit": ("unsloth", 16, {}, {"UNSLOTH_DECODE_CUDA_GRAPHS": ""}),
+    "unsloth-4bit": ("unsloth", 4, {}, {"UNSLOTH_DECODE_CUDA_GRAPHS": ""}),
     "unsloth-16bit-eager-decode": ("unsloth", 16, {}, {"UNSLOTH_DECODE_CUDA_GRAPHS": "0"}),
     "unsloth-16bit-graphs-forced": ("unsloth", 16, {}, {"UNSLOTH_DECODE_CUDA_GRAPHS": "1"}),
     "unsloth-4bit-graphs-forced": ("unsloth", 4, {}, {"UNSLOTH_DECODE_CUDA_GRAPHS": "1"}),
@@ -162,7 +164,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "grpo_gpu.json")
     parser.add_argument("--model-cache", type=Path, default=Path(tempfile.gettempdir()) / "edgetune-bench")
-    parser.add_argument("--default-variant", default="unsloth-16bit",
+    parser.add_argument("--default-variant", default="unsloth-16bit-graphs-forced",
                         help="edgetune's default GPU path (what `--backend auto` does)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
@@ -176,8 +178,10 @@ def main() -> None:
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip() or os.environ.get("EDGETUNE_COMMIT", "unknown")
+    # The GPU machine gets a copy of the tree whose .git may lag behind: the caller says which
+    # commit it sent (EDGETUNE_COMMIT); git is the fallback for local runs.
+    commit = os.environ.get("EDGETUNE_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     runs = json.loads(args.out.read_text()) if args.out.exists() else []
     for model in args.models.split(","):
         model_dir = build_model(model, args.model_cache)

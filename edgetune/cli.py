@@ -158,7 +158,7 @@ def build(target, data, question_field, answer_field, base_model, name, system_p
     project = dataclasses.replace(project, train=train_cfg, sft_data=sft_data, sft_steps=sft_steps)
     passphrase = os.environ.get("EDGETUNE_KEY_PASSPHRASE") or None
 
-    with RichEvents() as events:
+    with RichEvents() as events, _stdout_for_results():
         result = run_build(project, profile, out, key=key, passphrase=passphrase,
                            overwrite=overwrite, resume=training["resume"], events=events)
     if as_json:
@@ -230,7 +230,7 @@ def train_cmd(method, data, sft_format, question_field, answer_field, base_model
     from edgetune.backends import select_backend
 
     select_backend(config.backend)  # Unsloth must load before transformers does
-    with RichEvents() as events:
+    with RichEvents() as events, _stdout_for_results():
         if base_model is None:
             from edgetune.pipeline import _demo_base
 
@@ -247,6 +247,14 @@ def train_cmd(method, data, sft_format, question_field, answer_field, base_model
                                "effective_config": adapter.effective_config}))
     else:
         console.print(f"[bold green]Adapter:[/] {adapter.path}  (log: {adapter.path / adapter.log_file})")
+
+
+def _stdout_for_results():
+    """Send whatever libraries print while a stage runs (Unsloth prints its banner and notices
+    with print()) to stderr, so stdout carries only our results and `--json` stays parseable."""
+    import contextlib
+
+    return contextlib.redirect_stdout(sys.stderr)
 
 
 def _step_text(step) -> str:

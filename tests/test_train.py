@@ -482,3 +482,28 @@ def test_constant_rewards_warn_through_on_note(tiny_model_factory, tmp_path):
     assert sorted(f"warning (step {w['step']}): {w['message']}" for w in warnings) == sorted(
         n for n in notes if n.startswith("warning"))
     assert {w["step"] for w in warnings} == {3}
+
+
+def test_cli_json_stdout_survives_libraries_that_print(tmp_path, monkeypatch):
+    """Unsloth prints its banner with print(); on the GPU machine that broke `--json` (found by
+    tests/test_gpu.py). Whatever a stage prints must land on stderr."""
+    from click.testing import CliRunner
+
+    import edgetune.train as train_module
+    from edgetune.artifacts import Adapter
+    from edgetune.cli import cli
+
+    def noisy_train(base_model, rows, config, out, **_kw):
+        print("==((====))==  Unsloth: Fast Llama patching.")
+        out.mkdir(parents=True)
+        return Adapter(path=out, base_model=base_model, method=config.method, backend="unsloth",
+                       steps=config.steps)
+
+    monkeypatch.setattr(train_module, "train", noisy_train)
+    data = tmp_path / "cot.jsonl"
+    data.write_text('{"Question": "1+1?", "Complex_CoT": "one and one", "Response": "2"}\n')
+    result = CliRunner().invoke(cli, ["train", "--method", "sft", "--data", str(data), "--base-model",
+                                      str(tmp_path), "--out", str(tmp_path / "a"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["backend"] == "unsloth"
+    assert "Unsloth: Fast Llama patching." in result.stderr
