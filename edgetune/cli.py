@@ -115,9 +115,11 @@ def _train_config(base, options: dict):
 @click.option("--key", type=click.Path(path_type=Path), default=None,
               help="Private signing key. Default: ~/.edgetune/keys/edgetune.key, created if missing.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
+@click.option("--accept-gate-failure", is_flag=True,
+              help="Ship even if a quant fails the target's quality gates (recorded in the manifest).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def build(target, data, question_field, answer_field, base_model, name, system_prompt_file,
-          sft_data, sft_steps, out, key, overwrite, as_json, **training) -> None:
+          sft_data, sft_steps, out, key, overwrite, accept_gate_failure, as_json, **training) -> None:
     """Run the whole pipeline: train, merge, convert, quantise, evaluate, bundle and sign.
 
     \b
@@ -158,9 +160,18 @@ def build(target, data, question_field, answer_field, base_model, name, system_p
     project = dataclasses.replace(project, train=train_cfg, sft_data=sft_data, sft_steps=sft_steps)
     passphrase = os.environ.get("EDGETUNE_KEY_PASSPHRASE") or None
 
-    with RichEvents() as events, _stdout_for_results():
-        result = run_build(project, profile, out, key=key, passphrase=passphrase,
-                           overwrite=overwrite, resume=training["resume"], events=events)
+    from edgetune.gates import GateFailure
+
+    try:
+        with RichEvents() as events, _stdout_for_results():
+            result = run_build(project, profile, out, key=key, passphrase=passphrase,
+                               overwrite=overwrite, resume=training["resume"],
+                               accept_gate_failure=accept_gate_failure, events=events)
+    except GateFailure as failure:
+        from edgetune.console import gate_table
+
+        console.print(gate_table(failure))
+        raise
     if as_json:
         click.echo(json.dumps({"bundle": str(result.bundle.path), "bundle_id": result.bundle.bundle_id,
                                "key_id": result.bundle.key_id, "public_key": str(result.public_key),
@@ -334,6 +345,9 @@ def verify(bundle, public_key, as_json) -> None:
 def targets() -> None:
     """List the device profiles in quant_profiles/.
 
+    One line each: quants built, context, RAM budget (MiB) and the decode-speed floor, which is
+    measured on the build machine (not on the device).
+
     \b
     Example:
       edgetune targets
@@ -341,9 +355,13 @@ def targets() -> None:
     """
     from edgetune.profiles import available_profiles, load_profile
 
-    for name in available_profiles():
-        p = load_profile(name)
-        click.echo(f"{name:<10} {', '.join(p.quants):<24} ctx {p.context_length:<6} {p.description}")
+    profiles = [load_profile(name) for name in available_profiles()]
+    name_w = max(len(p.name) for p in profiles)
+    quants_w = max(len(", ".join(p.quants)) for p in profiles)
+    for name, p in zip(available_profiles(), profiles):
+        floor = f"{p.min_decode_tps:g} tok/s" if p.min_decode_tps is not None else "none"
+        click.echo(f"{name:<{name_w}}  {', '.join(p.quants):<{quants_w}}  ctx {p.context_length:<5} "
+                   f"budget {p.memory_budget_mb:>6,} MiB  floor {floor:<10} {p.description}")
 
 
 def main() -> None:

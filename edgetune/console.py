@@ -52,11 +52,28 @@ def _mib(n: float) -> str:
 
 
 def eval_table(report: dict) -> Table:
-    table = Table(title="Quants vs F16 (held-out data)")
-    for col in ("quant", "size", "RAM needed", "perplexity", "PPL ratio", "prefill tok/s",
-                "decode tok/s"):
-        table.add_column(col, justify="left" if col == "quant" else "right")
+    table = Table(title=f"Quants vs F16 on held-out data (target {report.get('target', '-')})")
+    for col in ("quant", "size", "RAM needed", "PPL ratio", "mean KLD", "top-1", "task acc.",
+                "decode tok/s", "gate"):
+        table.add_column(col, justify="left" if col in ("quant", "gate") else "right")
     for quant, m in report["quants"].items():
-        table.add_row(quant, _mib(m["size_bytes"]), _mib(m["ram_needed_bytes"]), f"{m['ppl']:.3f}",
-                      f"{m['ppl_ratio']:.4f}", f"{m['prefill_tps']:,.0f}", f"{m['decode_tps']:,.0f}")
+        gate = m.get("gate")
+        verdict = "-" if gate is None else ("[green]pass[/]" if gate["passed"] else "[red]FAIL[/]")
+        acc = m.get("task_accuracy")
+        table.add_row(quant, _mib(m["size_bytes"]), _mib(m["ram_needed_bytes"]),
+                      f"{m.get('ppl_ratio', 1.0):.4f}", f"{m.get('kld_mean', 0.0):.4f}",
+                      f"{m.get('top1', 1.0):.1%}", "-" if acc is None else f"{acc:.1%}",
+                      f"{m['decode_tps']:,.0f}", verdict)
+    return table
+
+
+def gate_table(failure) -> Table:
+    """What failed and why, one row per failed check (from a GateFailure)."""
+    from edgetune.gates import failures_table_rows
+
+    table = Table(title="Failed quality gates")
+    table.add_column("quant")
+    table.add_column("why")
+    for quant, reason in failures_table_rows(failure.results):
+        table.add_row(quant, reason)
     return table

@@ -1,82 +1,89 @@
-"""evaluate: every quant against the F16 model, in llama.cpp, on held-out text.
+"""evaluate: every quant against the F16 model, in llama.cpp, on held-out data.
 
-First version: perplexity (llama.cpp's method), prefill/decode speed, file size and the RAM a
-phone needs. Quality gates, KL divergence and task accuracy build on this (see the issues).
+Per quant: fidelity against F16 in lockstep (perplexity and its ratio, mean/p99 KL divergence,
+top-1 agreement, delta-p: ``edgetune.fidelity``), task accuracy on the held-out questions
+(``edgetune.accuracy``), prefill/decode speed, file size and the RAM a phone needs. With a
+profile, each quant is gated against its thresholds (``edgetune.gates``); a failure stops the
+build after eval.json is written, unless the failure is explicitly accepted.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from edgetune import llamacpp
+from edgetune.accuracy import task_accuracy
 from edgetune.artifacts import EvalReport, GgufModel, QuantizedModels, atomic_dir, write_json_atomic
-from edgetune.errors import DataError
+from edgetune.data import QARow
+from edgetune.gates import GateFailure, gate_report
+from edgetune.profiles import QuantProfile
 
 
 def evaluate(f16: GgufModel, quants: QuantizedModels, eval_texts: Sequence[str], out: Path, *,
              context_length: int, n_ctx: int = 512, overwrite: bool = False,
+             qa_rows: Sequence[QARow] = (), system_prompt: str = "", answer_format: str = "reasoning",
+             max_answer_tokens: int = 256, profile: QuantProfile | None = None,
+             accept_gate_failure: bool = False,
              on_progress: Callable[[str, int, int], None] | None = None) -> EvalReport:
-    """Measure F16 and each quant; write ``out/eval.json``."""
+    """Measure F16 and each quant; write ``out/eval.json``; gate the quants against ``profile``.
+
+    Raises ``GateFailure`` (after writing the report) when a quant fails its gates and
+    ``accept_gate_failure`` is false.
+    """
+    from edgetune.fidelity import compare, eval_tokens
+
     models = {"F16": f16.gguf, **{q: quants.gguf(q) for q in quants.files}}
+    tokens = eval_tokens(f16.gguf, "\n\n".join(eval_texts))
     results: dict[str, dict] = {}
     for i, (quant, path) in enumerate(models.items()):
         if on_progress:
             on_progress(quant, i, len(models))
-        metrics = {"file": path.name, "size_bytes": path.stat().st_size}
-        metrics.update(perplexity(path, eval_texts, n_ctx=n_ctx))
+        metrics: dict = {"file": path.name, "size_bytes": path.stat().st_size}
+        if quant != "F16":
+            metrics.update(compare(f16.gguf, path, tokens, n_ctx=n_ctx).as_dict())
         metrics.update(speed(path))
         metrics["ram_needed_bytes"] = ram_needed(path, context_length)
         metrics["k_quant_fallbacks"] = quants.fallbacks.get(quant, 0)
+        if qa_rows:
+            metrics.update(task_accuracy(path, qa_rows, system_prompt=system_prompt,
+                                         answer_format=answer_format,
+                                         max_tokens=max_answer_tokens).as_dict())
         results[quant] = metrics
-    base_ppl = results["F16"]["ppl"]
-    for metrics in results.values():
-        metrics["ppl_ratio"] = metrics["ppl"] / base_ppl
-    report = {"context_length": context_length, "eval_ctx": n_ctx, "quants": results}
+    _fill_reference(results)
+    report: dict = {"context_length": context_length, "eval_ctx": n_ctx, "eval_tokens": len(tokens),
+                    "task_rows": len(qa_rows), "quants": results}
+    verdicts = {}
+    if profile is not None:
+        verdicts = gate_report(results, profile)
+        for quant, verdict in verdicts.items():
+            results[quant]["gate"] = verdict.as_dict()
+            results[quant]["gate_passed"] = verdict.passed
+        report["target"] = profile.name
+        report["gates_passed"] = all(v.passed for v in verdicts.values())
+        report["accepted_gate_failure"] = bool(accept_gate_failure and not report["gates_passed"])
     with atomic_dir(out, overwrite=overwrite) as scratch:
         write_json_atomic(scratch / "eval.json", report)
         artifact = EvalReport(path=scratch)
         artifact.save()
+    if verdicts and not report["gates_passed"] and not accept_gate_failure:
+        raise GateFailure(verdicts, profile.name)
     return dataclasses.replace(artifact, path=out)
 
 
-def perplexity(path: Path, texts: Sequence[str], *, n_ctx: int = 512) -> dict:
-    """llama.cpp's perplexity: ``n_ctx`` chunks, only the second half of each chunk scored.
-
-    Scoring the second half only gives every scored token at least n_ctx/2 tokens of context,
-    as ``llama-perplexity`` does, so our numbers are comparable with its output.
-    """
-    import numpy as np
-
-    llm = llamacpp.open_gguf(path, n_ctx=n_ctx, logits_all=True)
-    try:
-        tokens = llm.tokenize("\n\n".join(texts).encode(), add_bos=False, special=True)
-        n_chunks = len(tokens) // n_ctx
-        if n_chunks == 0:
-            raise DataError(
-                f"evaluation text has {len(tokens)} tokens, fewer than one {n_ctx}-token chunk",
-                hint="add more held-out questions or lower the evaluation context",
-            )
-        nll, count = 0.0, 0
-        first = n_ctx // 2
-        for c in range(n_chunks):
-            chunk = tokens[c * n_ctx:(c + 1) * n_ctx]
-            llm.reset()
-            llm.eval(chunk)
-            logits = np.asarray(llm.scores[:n_ctx], dtype=np.float64)
-            scored = logits[first:n_ctx - 1]
-            targets = np.asarray(chunk[first + 1:n_ctx])
-            shifted = scored - scored.max(axis=1, keepdims=True)
-            logprobs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-            nll -= float(logprobs[np.arange(len(targets)), targets].sum())
-            count += len(targets)
-    finally:
-        llm.close()
-    return {"ppl": math.exp(nll / count), "ppl_tokens": count, "ppl_chunks": n_chunks}
+def _fill_reference(results: dict[str, dict]) -> None:
+    """F16 is the reference: its perplexity is every comparison's base, its ratios are 1."""
+    f16 = results["F16"]
+    compared = [m for q, m in results.items() if q != "F16"]
+    if compared:
+        f16.update(ppl=compared[0]["ppl_base"], ppl_ratio=1.0, kld_mean=0.0, top1=1.0,
+                   tokens=compared[0]["tokens"], chunks=compared[0]["chunks"])
+    if "task_accuracy" in f16:
+        for metrics in compared:
+            metrics["task_accuracy_drop"] = f16["task_accuracy"] - metrics["task_accuracy"]
 
 
 def speed(path: Path, *, prompt_tokens: int = 128, gen_tokens: int = 32, reps: int = 3) -> dict:

@@ -78,9 +78,11 @@ class BuildResult:
 
 def build(project: Project, profile: QuantProfile, out: Path, *, key: Path | None = None,
           passphrase: str | None = None, overwrite: bool = False, resume: bool = False,
-          events: BuildEvents | None = None) -> BuildResult:
+          accept_gate_failure: bool = False, events: BuildEvents | None = None) -> BuildResult:
     """Run every stage into ``out/<stage>`` and return the signed bundle.
 
+    A quant that fails the profile's quality gates stops the build after evaluation
+    (``GateFailure``) unless ``accept_gate_failure``, which the manifest then records.
     ``resume`` picks up an interrupted build: finished training stages are reused, a training
     stage with checkpoints continues from the newest one, later stages are redone.
     """
@@ -153,7 +155,9 @@ def build(project: Project, profile: QuantProfile, out: Path, *, key: Path | Non
 
     ev.stage("evaluate", f"{len(held_out)} held-out rows")
     report = evaluate(f16, quants, held_out, out / "eval", context_length=profile.context_length,
-                      n_ctx=profile.eval_context, overwrite=overwrite,
+                      n_ctx=profile.eval_context, overwrite=overwrite, qa_rows=splits.eval,
+                      system_prompt=project.system_prompt, answer_format=project.train.answer_format,
+                      profile=profile, accept_gate_failure=accept_gate_failure,
                       on_progress=lambda q, i, n: ev.progress("evaluate", i, n, q))
     eval_results = json.loads((report.path / report.file).read_text())
     ev.stage_done("evaluate")

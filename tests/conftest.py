@@ -50,6 +50,31 @@ def tiny_model_factory(tmp_path_factory):
     return make
 
 
+@pytest.fixture(scope="session")
+def demo_base(tmp_path_factory):
+    from edgetune.demo.model import demo_base_model
+
+    return demo_base_model(cache=tmp_path_factory.mktemp("demo-cache"))
+
+
+@pytest.fixture(scope="session")
+def demo_build(demo_base, tmp_path_factory):
+    """One CLI build of the demo (few GRPO steps), shared by the end-to-end checks."""
+    from click.testing import CliRunner
+
+    from edgetune.cli import cli
+
+    root = tmp_path_factory.mktemp("build")
+    home = root / "home"
+    out = root / "out"
+    env = {"EDGETUNE_HOME": str(home)}
+    result = CliRunner(env=env).invoke(
+        cli, ["build", "--target", "phone", "--base-model", str(demo_base), "--steps", "6",
+              "--out", str(out)])
+    assert result.exit_code == 0, result.output + (result.stderr or "") + repr(result.exception)
+    return out, home / "keys" / "edgetune.pub", result
+
+
 def pytest_collection_modifyitems(config, items):
     """GPU tests run only where CUDA is (the GPU machine); CI has none and skips them."""
     if not any(item.get_closest_marker("gpu") for item in items):

@@ -429,7 +429,8 @@ def test_build_unknown_target(home: Path, out: Path):
     assert result.exit_code == 1
     assert result.stdout == ""
     assert _err_lines(result) == ["Error: unknown target 'nosuch'",
-                                  "Hint: choose one of: desktop, phone"]
+                                  "Hint: choose one of: desktop, phone, phone-4gb, phone-6gb, "
+                                  "phone-8gb, tablet"]
     _no_traceback(result)
     _nothing_created(home, out)
 
@@ -580,8 +581,10 @@ def test_targets():
     result = _run("targets")
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert [line.split()[0] for line in lines] == ["desktop", "phone"]
-    desktop, phone = lines
+    by_name = {line.split()[0]: line for line in lines}
+    assert list(by_name) == ["desktop", "phone", "phone-4gb", "phone-6gb", "phone-8gb", "tablet"]
+    desktop, phone = by_name["desktop"], by_name["phone"]
+    assert "Q4_K_M, Q4_0" in by_name["phone-4gb"] and "budget  2,288 MiB" in by_name["phone-4gb"]
     assert "Q4_K_M, Q5_K_M, Q8_0" in phone
     assert "ctx 2048" in phone
     assert "Mid-range phone (6 GB RAM)" in phone

@@ -14,27 +14,6 @@ from edgetune.data import load_qa, split_qa
 from edgetune.errors import ModelError, VerificationError
 
 
-@pytest.fixture(scope="session")
-def demo_base(tmp_path_factory):
-    from edgetune.demo.model import demo_base_model
-
-    return demo_base_model(cache=tmp_path_factory.mktemp("demo-cache"))
-
-
-@pytest.fixture(scope="session")
-def demo_build(demo_base, tmp_path_factory):
-    """One CLI build of the demo (few GRPO steps), shared by the checks below."""
-    root = tmp_path_factory.mktemp("build")
-    home = root / "home"
-    out = root / "out"
-    env = {"EDGETUNE_HOME": str(home)}
-    result = CliRunner(env=env).invoke(
-        cli, ["build", "--target", "phone", "--base-model", str(demo_base), "--steps", "6",
-              "--out", str(out)])
-    assert result.exit_code == 0, result.output + (result.stderr or "") + repr(result.exception)
-    return out, home / "keys" / "edgetune.pub", result
-
-
 @pytest.mark.slow
 def test_demo_build_produces_a_verified_bundle(demo_build):
     out, public_key, result = demo_build
@@ -112,3 +91,62 @@ def test_merge_refuses_an_adapter_that_changed_nothing(demo_base, tmp_path):
     with pytest.raises(ModelError, match="identical to the base"):
         merge(adapter, tmp_path / "merged")
     assert not (tmp_path / "merged").exists()
+
+
+def _strict_profile(tmp_path):
+    """The phone profile with a Q4_K_M top-1 floor no real quant reaches."""
+    import yaml
+
+    from edgetune.profiles import PROFILES_DIR
+
+    data = yaml.safe_load((PROFILES_DIR / "phone-6gb.yaml").read_text())
+    data["name"] = "strict-phone"
+    data["thresholds"] = {"Q4_K_M": {"min_top1": 1.0}}
+    path = tmp_path / "strict-phone.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.slow
+def test_a_failed_gate_stops_the_build_with_the_reason(demo_base, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner(env={"EDGETUNE_HOME": str(tmp_path / "home")}).invoke(
+        cli, ["build", "--target", str(_strict_profile(tmp_path)), "--base-model", str(demo_base),
+              "--steps", "2", "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "Failed quality gates" in result.stderr
+    assert "top-1 agreement" in result.stderr and "< 1.000" in result.stderr
+    assert "Error: 1 of 3 quants failed the gates for target 'strict-phone': Q4_K_M" in result.stderr
+    report = json.loads((out / "eval" / "eval.json").read_text())  # kept for inspection
+    assert report["gates_passed"] is False and report["quants"]["Q4_K_M"]["gate_passed"] is False
+    assert report["quants"]["Q8_0"]["gate_passed"] is True
+    assert not (out / "bundle").exists()
+
+
+@pytest.mark.slow
+def test_an_accepted_gate_failure_ships_and_is_recorded(demo_base, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner(env={"EDGETUNE_HOME": str(tmp_path / "home")}).invoke(
+        cli, ["build", "--target", str(_strict_profile(tmp_path)), "--base-model", str(demo_base),
+              "--steps", "2", "--out", str(out), "--accept-gate-failure"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "bundle" / "edgetune.json").read_text())
+    assert manifest["eval"]["gates_passed"] is False
+    assert manifest["eval"]["accepted_gate_failure"] is True
+    assert manifest["eval"]["quants"]["Q4_K_M"]["gate_passed"] is False
+
+
+@pytest.mark.slow
+def test_eval_report_holds_fidelity_accuracy_and_gates(demo_build):
+    out, _, _ = demo_build
+    report = json.loads((out / "eval" / "eval.json").read_text())
+    q = report["quants"]
+    for quant in ("Q4_K_M", "Q5_K_M", "Q8_0"):
+        for key in ("kld_mean", "kld_se", "kld_p99", "top1", "ppl", "ppl_ratio", "delta_p_mean",
+                    "task_accuracy", "task_accuracy_drop", "prefill_tps", "decode_tps",
+                    "size_bytes", "ram_needed_bytes", "gate"):
+            assert key in q[quant], (quant, key)
+    # More bits, closer to F16.
+    assert q["Q8_0"]["kld_mean"] < q["Q5_K_M"]["kld_mean"] < q["Q4_K_M"]["kld_mean"]
+    assert q["F16"]["ppl_ratio"] == 1.0 and q["F16"]["ppl"] == q["Q8_0"]["ppl_base"]
+    assert report["task_rows"] == 36 and report["gates_passed"] is True
