@@ -16,29 +16,30 @@ and RNG state; Ctrl-C asks the trainer to save a checkpoint at the end of the cu
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import shutil
-import signal
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgetune import hf
-from edgetune.artifacts import Adapter, atomic_dir, write_json_atomic
+from edgetune.artifacts import Adapter, atomic_dir
+from edgetune.checkpoints import (
+    StopOnSignal,
+    checkpoint_dir,
+    checkpoint_step,
+    data_digest,
+    last_checkpoint,
+    prepare_work_dir,
+    truncate_log,
+)
 from edgetune.errors import ConfigError, EdgetuneError, OutputExistsError
 from edgetune.rewards import ANSWER_FORMATS, REWARD_NAMES, rewards_by_name
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 LOG_FILE = "training_log.jsonl"
 METHODS = ("grpo", "sft")
-# Files of a Trainer checkpoint that must all exist before we trust it for --resume
-# (a SIGKILL while saving leaves a checkpoint directory without some of them).
-_CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
-
-
 @dataclass(frozen=True)
 class TrainConfig:
     """Training settings. Defaults suit the CPU demo; the README lists settings for 1.5B-3B models."""
@@ -113,20 +114,6 @@ class TrainingInterrupted(EdgetuneError):
     exit_code = 130
 
 
-def checkpoint_dir(out: Path) -> Path:
-    out = Path(out)
-    return out.with_name(out.name + ".checkpoints")
-
-
-def last_checkpoint(directory: Path) -> Path | None:
-    """The newest complete ``checkpoint-N`` under ``directory``, or None."""
-    if not directory.is_dir():
-        return None
-    complete = [p for p in directory.glob("checkpoint-*")
-                if p.name.split("-")[-1].isdigit() and all((p / f).is_file() for f in _CHECKPOINT_FILES)]
-    return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
-
-
 def train(base_model: str, data: Sequence[Any], config: TrainConfig, out: Path, *,
           init_adapter: Path | None = None, resume: bool = False, overwrite: bool = False,
           on_step: Callable[[StepLog], None] | None = None,
@@ -153,12 +140,12 @@ def train(base_model: str, data: Sequence[Any], config: TrainConfig, out: Path, 
     backend = select_backend(config.backend)
 
     work = checkpoint_dir(out)
-    resume_from = _prepare_work_dir(work, base, config, init_adapter, data_digest(data),
+    resume_from = prepare_work_dir(work, base, config, init_adapter, data_digest(data),
                                     resume=resume, overwrite=overwrite)
     if resume_from is not None:
         note(f"resuming from {resume_from.name}")
     log_path = work / LOG_FILE
-    _truncate_log(log_path, _checkpoint_step(resume_from))
+    truncate_log(log_path, checkpoint_step(resume_from))
 
     def log(entry: dict) -> None:
         with log_path.open("a") as fh:
@@ -175,49 +162,6 @@ def train(base_model: str, data: Sequence[Any], config: TrainConfig, out: Path, 
         artifact.save()
     shutil.rmtree(work, ignore_errors=True)
     return dataclasses.replace(artifact, path=out)
-
-
-def _prepare_work_dir(work: Path, base: Path, config: TrainConfig, init_adapter: Path | None,
-                      data: str, *, resume: bool, overwrite: bool) -> Path | None:
-    run = {"base_model": str(base), "init_adapter": str(init_adapter or ""), "data": data,
-           "config": config.fingerprint()}
-    run_file = work / "run.json"
-    last = last_checkpoint(work)
-    if resume:
-        if last is None:
-            raise ConfigError(f"nothing to resume: no complete checkpoint in {work}",
-                              hint="run without --resume to start training")
-        earlier = json.loads(run_file.read_text()) if run_file.is_file() else {}
-        changed = sorted(k for k in set(run) | set(earlier) if k != "config" and run.get(k) != earlier.get(k))
-        old_cfg, new_cfg = earlier.get("config", {}), run["config"]
-        changed += sorted(k for k in set(old_cfg) | set(new_cfg) if old_cfg.get(k) != new_cfg.get(k))
-        if changed:
-            raise ConfigError(f"cannot resume: {', '.join(changed)} differ from the run in {work}",
-                              hint="resume with the same settings (only --steps may grow), "
-                                   "or pass --overwrite to start again")
-        return last
-    if work.exists():
-        if last is not None and not overwrite:
-            raise ConfigError(
-                f"an earlier training run stopped at step {_checkpoint_step(last)} ({work})",
-                hint="add --resume to continue it, or --overwrite to start again")
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    write_json_atomic(run_file, run)
-    return None
-
-
-def _checkpoint_step(checkpoint: Path | None) -> int:
-    return int(checkpoint.name.split("-")[-1]) if checkpoint is not None else 0
-
-
-def _truncate_log(log_path: Path, step: int) -> None:
-    """Drop log entries after ``step``: a resumed run logs those steps again."""
-    if not log_path.is_file():
-        return
-    kept = [line for line in log_path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    log_path.write_text("".join(line + "\n" for line in kept))
 
 
 def grpo_prompt(row, system_prompt: str) -> list[dict]:
@@ -302,7 +246,7 @@ def _run_trainer(backend, base, data, config, work, init_adapter, resume_from, l
     health = TrainingHealth(window=max(3, min(10, config.steps // 5)),
                             max_completion_length=config.max_completion_length,
                             answer_format=ANSWER_FORMATS[config.answer_format].describe())
-    stop = _StopOnSignal()
+    stop = StopOnSignal()
     logged: set[int] = set()
 
     class _Relay(TrainerCallback):
@@ -361,56 +305,3 @@ def _plain(value):
     return str(value)
 
 
-class _StopOnSignal:
-    """First Ctrl-C: save a checkpoint at the end of this step and stop. Second: abort now."""
-
-    def __init__(self):
-        self.requested = False
-
-    # TrainerCallback's hooks, duck-typed so this module imports without transformers.
-    def __getattr__(self, name):
-        if name.startswith("on_"):
-            return lambda *a, **k: None
-        raise AttributeError(name)
-
-    def on_step_end(self, args, state, control, **_kw):
-        if self.requested:
-            control.should_save = True
-            control.should_training_stop = True
-
-    # The Trainer logs (and calls on_step) after on_step_end: a Ctrl-C arriving then must still
-    # stop at this step, not run one more whole step first.
-    on_log = on_step_end
-
-    def installed(self, note: Callable[[str], None]):
-        import contextlib
-
-        stopper = self
-
-        @contextlib.contextmanager
-        def scope():
-            if threading.current_thread() is not threading.main_thread():
-                yield
-                return
-
-            def handler(_sig, _frame):
-                if stopper.requested:
-                    raise KeyboardInterrupt
-                stopper.requested = True
-                note("stopping: saving a checkpoint at the end of this step (Ctrl-C again to abort)")
-
-            previous = signal.signal(signal.SIGINT, handler)
-            try:
-                yield
-            finally:
-                signal.signal(signal.SIGINT, previous)
-
-        return scope()
-
-
-def data_digest(rows: Sequence[Any]) -> str:
-    """A short hash of training data, for provenance in logs and manifests."""
-    h = hashlib.sha256()
-    for row in rows:
-        h.update(json.dumps(dataclasses.asdict(row), sort_keys=True).encode())
-    return h.hexdigest()[:16]
