@@ -45,6 +45,13 @@ def evaluate(f16: GgufModel, quants: QuantizedModels, eval_texts: Sequence[str],
         metrics: dict = {"file": path.name, "size_bytes": path.stat().st_size}
         if quant != "F16":
             metrics.update(compare(f16.gguf, path, tokens, n_ctx=n_ctx).as_dict())
+            metrics["imatrix"] = quant in quants.without_imatrix
+            if metrics["imatrix"]:
+                plain = compare(f16.gguf, quants.path / quants.without_imatrix[quant], tokens,
+                                n_ctx=n_ctx).as_dict()
+                metrics["without_imatrix"] = plain
+                if plain["kld_mean"] > 0:
+                    metrics["imatrix_kld_reduction"] = 1 - metrics["kld_mean"] / plain["kld_mean"]
         metrics.update(speed(path))
         metrics["ram_needed_bytes"] = ram_needed(path, context_length)
         metrics["k_quant_fallbacks"] = quants.fallbacks.get(quant, 0)

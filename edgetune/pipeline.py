@@ -149,9 +149,13 @@ def build(project: Project, profile: QuantProfile, out: Path, *, key: Path | Non
                              f"top-1 {f16.logit_parity['top1']:.1%}")
 
     ev.stage("quantise", ", ".join(profile.quants))
+    # The domain imatrix is calibrated on the calibration split, never on the held-out rows.
+    calibration = [_chat_text(tokenizer, project, r) for r in splits.calibration]
     quants = quantise(f16, profile.quants, out / "quants", name=file_name, overwrite=overwrite,
+                      imatrix_texts=calibration, imatrix_quants=profile.imatrix_quants,
                       on_progress=lambda q, i, n: ev.progress("quantise", i, n, q))
-    ev.stage_done("quantise", ", ".join(quants.files))
+    ev.stage_done("quantise", ", ".join(f"{q}{' (imatrix)' if q in quants.without_imatrix else ''}"
+                                        for q in quants.files))
 
     ev.stage("evaluate", f"{len(held_out)} held-out rows")
     report = evaluate(f16, quants, held_out, out / "eval", context_length=profile.context_length,

@@ -22,25 +22,43 @@ _FALLBACK_TYPES = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"}
 
 
 def quantise(gguf: GgufModel, quants: Sequence[str], out: Path, *, name: str,
+             imatrix_texts: Sequence[str] = (), imatrix_quants: Sequence[str] = (),
              overwrite: bool = False,
              on_progress: Callable[[str, int, int], None] | None = None) -> QuantizedModels:
-    """Write ``out/<name>-<QUANT>.gguf`` for each quant and report K-quant fallbacks."""
+    """Write ``out/<name>-<QUANT>.gguf`` for each quant and report K-quant fallbacks.
+
+    With ``imatrix_texts`` (calibration text), the quants in ``imatrix_quants`` are built with a
+    domain importance matrix; the same quant without it goes to ``out/without-imatrix/`` so
+    evaluation can report both.
+    """
+    from edgetune.imatrix import compute_imatrix, quantise_with_imatrix
+
     unknown = [q for q in quants if q not in QUANT_TYPES]
     if unknown:
         raise ConfigError(f"unknown quant type {', '.join(unknown)}",
                           hint=f"choose from {', '.join(QUANT_TYPES)}")
     files: dict[str, str] = {}
     fallbacks: dict[str, int] = {}
+    without: dict[str, str] = {}
+    calibrated = [q for q in quants if q in imatrix_quants] if imatrix_texts else []
     with atomic_dir(out, overwrite=overwrite) as scratch:
+        imatrix = compute_imatrix(gguf.gguf, imatrix_texts, scratch / "imatrix.gguf") if calibrated else None
         for i, quant in enumerate(quants):
             if on_progress:
                 on_progress(quant, i, len(quants))
             file = f"{name}-{quant}.gguf"
-            quantise_file(gguf.gguf, scratch / file, quant)
+            if quant in calibrated:
+                quantise_with_imatrix(gguf.gguf, scratch / file, quant, imatrix)
+                without[quant] = f"without-imatrix/{file}"
+                (scratch / "without-imatrix").mkdir(exist_ok=True)
+                quantise_file(gguf.gguf, scratch / without[quant], quant)
+            else:
+                quantise_file(gguf.gguf, scratch / file, quant)
             files[quant] = file
             fallbacks[quant] = count_fallbacks(scratch / file, quant)
         artifact = QuantizedModels(path=scratch, source_gguf=str(gguf.gguf), files=files,
-                                   fallbacks=fallbacks)
+                                   fallbacks=fallbacks, imatrix=imatrix.name if imatrix else "",
+                                   without_imatrix=without)
         artifact.save()
     return dataclasses.replace(artifact, path=out)
 
