@@ -19,6 +19,7 @@ from edgetune import llamacpp
 from edgetune.accuracy import task_accuracy
 from edgetune.artifacts import EvalReport, GgufModel, QuantizedModels, atomic_dir, write_json_atomic
 from edgetune.data import QARow
+from edgetune.errors import ToolchainError
 from edgetune.gates import GateFailure, gate_report
 from edgetune.profiles import QuantProfile
 
@@ -94,7 +95,30 @@ def _fill_reference(results: dict[str, dict]) -> None:
 
 
 def speed(path: Path, *, prompt_tokens: int = 128, gen_tokens: int = 32, reps: int = 3) -> dict:
-    """Prefill and decode tokens/s, the llama-bench way: warm-up, then the median of ``reps``."""
+    """Prefill/decode tokens/s, time to first token and peak RSS, measured in a fresh process.
+
+    The llama-bench way: a warm-up run, then the median of ``reps``, fixed threads, synchronised
+    timers. A child process per model makes its peak RSS the model's own (load + run), not the
+    high-water mark of everything this process loaded before.
+    """
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys; from pathlib import Path; from edgetune.evaluate import _speed; "
+            "print(json.dumps(_speed(Path(sys.argv[1]), *map(int, sys.argv[2:]))))")
+    run = subprocess.run([sys.executable, "-c", code, str(path), str(prompt_tokens), str(gen_tokens),
+                          str(reps)], capture_output=True, text=True)
+    if run.returncode != 0:
+        tail = " ".join(run.stderr.strip().splitlines()[-2:])
+        raise ToolchainError(f"measuring the speed of {path.name} failed: {tail}",
+                             hint="check that the GGUF loads with llama.cpp")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def _speed(path: Path, prompt_tokens: int, gen_tokens: int, reps: int) -> dict:
+    import resource
+
     import llama_cpp
 
     llm = llamacpp.open_gguf(path, n_ctx=prompt_tokens + gen_tokens + 8)
@@ -102,18 +126,21 @@ def speed(path: Path, *, prompt_tokens: int = 128, gen_tokens: int = 32, reps: i
         vocab = llm.n_vocab()
         prompt = [(i * 7919) % (vocab - 10) + 10 for i in range(prompt_tokens)]
 
-        def run() -> tuple[float, float]:
+        def run() -> tuple[float, float, float]:
             llm.reset()
             llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llm.ctx), True)
             t0 = time.perf_counter()
             llm.eval(prompt)
             llama_cpp.llama_synchronize(llm.ctx)
             t1 = time.perf_counter()
+            first = t1
             for i in range(gen_tokens):
                 llm.eval([prompt[i % prompt_tokens]])
-            llama_cpp.llama_synchronize(llm.ctx)
+                if i == 0:
+                    llama_cpp.llama_synchronize(llm.ctx)
+                    first = time.perf_counter()
             t2 = time.perf_counter()
-            return prompt_tokens / (t1 - t0), gen_tokens / (t2 - t1)
+            return prompt_tokens / (t1 - t0), gen_tokens / (t2 - t1), first - t0
 
         run()  # warm-up
         samples = [run() for _ in range(reps)]
@@ -122,6 +149,8 @@ def speed(path: Path, *, prompt_tokens: int = 128, gen_tokens: int = 32, reps: i
     return {
         "prefill_tps": statistics.median(s[0] for s in samples),
         "decode_tps": statistics.median(s[1] for s in samples),
+        "ttft_ms": 1000 * statistics.median(s[2] for s in samples),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
         "threads": llamacpp.threads(),
     }
 

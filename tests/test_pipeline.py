@@ -143,13 +143,16 @@ def test_eval_report_holds_fidelity_accuracy_and_gates(demo_build):
     q = report["quants"]
     for quant in ("Q4_K_M", "Q5_K_M", "Q8_0"):
         for key in ("kld_mean", "kld_se", "kld_p99", "top1", "ppl", "ppl_ratio", "delta_p_mean",
-                    "task_accuracy", "task_accuracy_drop", "prefill_tps", "decode_tps",
+                    "task_accuracy", "task_accuracy_drop", "prefill_tps", "decode_tps", "ttft_ms",
+                    "peak_rss_mb", "imatrix",
                     "size_bytes", "ram_needed_bytes", "gate"):
             assert key in q[quant], (quant, key)
     # More bits, closer to F16.
     assert q["Q8_0"]["kld_mean"] < q["Q5_K_M"]["kld_mean"] < q["Q4_K_M"]["kld_mean"]
     assert q["F16"]["ppl_ratio"] == 1.0 and q["F16"]["ppl"] == q["Q8_0"]["ppl_base"]
     assert report["task_rows"] == 36 and report["gates_passed"] is True
+    # Each model is timed in its own process: its peak RSS is its own (tens of MiB for the demo).
+    assert all(0 < m["peak_rss_mb"] < 1024 and m["ttft_ms"] > 0 for m in q.values())
 
 
 @pytest.mark.slow
