@@ -79,9 +79,9 @@ def _trained_context(gguf: Path) -> int | None:
     """``<arch>.context_length`` from the GGUF header: never answer past what the model saw."""
     import gguf as gguf_py
 
-    from edgetune.evaluate import _field
+    from edgetune.llamacpp import gguf_field
 
     reader = gguf_py.GGUFReader(str(gguf))
-    arch = _field(reader, "general.architecture")
-    value = _field(reader, f"{arch}.context_length")
+    arch = gguf_field(reader, "general.architecture")
+    value = gguf_field(reader, f"{arch}.context_length")
     return int(value) if value else None

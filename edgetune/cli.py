@@ -218,7 +218,7 @@ def train_cmd(method, data, sft_format, question_field, answer_field, base_model
 
     from edgetune.console import RichEvents, console
     from edgetune.data import Columns, load_qa, split_qa
-    from edgetune.pipeline import demo_project
+    from edgetune.pipeline import demo_project, step_detail
     from edgetune.train import TrainConfig, train
 
     demo = demo_project()
@@ -243,13 +243,13 @@ def train_cmd(method, data, sft_format, question_field, answer_field, base_model
     select_backend(config.backend)  # Unsloth must load before transformers does
     with RichEvents() as events, _stdout_for_results():
         if base_model is None:
-            from edgetune.pipeline import _demo_base
+            from edgetune.pipeline import build_demo_base
 
-            base_model = _demo_base(events)
+            base_model = build_demo_base(events)
         events.stage(method, f"{method.upper()}, {config.steps} steps, {len(rows)} rows")
         adapter = train(base_model, rows, config, out, init_adapter=init_adapter,
                         resume=training["resume"], overwrite=overwrite,
-                        on_step=lambda s: events.progress(method, s.step, s.total, _step_text(s)),
+                        on_step=lambda s: events.progress(method, s.step, s.total, step_detail(s)),
                         on_note=events.note)
         events.stage_done(method, str(adapter.path))
     if as_json:
@@ -266,12 +266,6 @@ def _stdout_for_results():
     import contextlib
 
     return contextlib.redirect_stdout(sys.stderr)
-
-
-def _step_text(step) -> str:
-    from edgetune.pipeline import _step_detail
-
-    return _step_detail(step)
 
 
 @cli.group()

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from edgetune import llamacpp
+from edgetune.llamacpp import gguf_field
 from edgetune.accuracy import task_accuracy
 from edgetune.artifacts import EvalReport, GgufModel, QuantizedModels, atomic_dir, write_json_atomic
 from edgetune.data import QARow
@@ -160,23 +161,13 @@ def ram_needed(path: Path, context_length: int) -> int:
     import gguf
 
     reader = gguf.GGUFReader(str(path))
-    arch = _field(reader, "general.architecture")
-    layers = int(_field(reader, f"{arch}.block_count"))
-    embd = int(_field(reader, f"{arch}.embedding_length"))
-    heads = int(_field(reader, f"{arch}.attention.head_count"))
-    kv_heads = int(_field(reader, f"{arch}.attention.head_count_kv") or heads)
-    head_dim = int(_field(reader, f"{arch}.attention.key_length") or embd // heads)
+    arch = gguf_field(reader, "general.architecture")
+    layers = int(gguf_field(reader, f"{arch}.block_count"))
+    embd = int(gguf_field(reader, f"{arch}.embedding_length"))
+    heads = int(gguf_field(reader, f"{arch}.attention.head_count"))
+    kv_heads = int(gguf_field(reader, f"{arch}.attention.head_count_kv") or heads)
+    head_dim = int(gguf_field(reader, f"{arch}.attention.key_length") or embd // heads)
     vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
     kv = 2 * layers * context_length * head_dim * kv_heads * 2
     buffer = (vocab + embd) * 512 * 4
     return int((path.stat().st_size + kv + buffer) * 1.1)
-
-
-def _field(reader, key: str):
-    field = reader.fields.get(key)
-    if field is None:
-        return None
-    value = field.parts[field.data[0]]
-    if field.types and field.types[0].name == "STRING":
-        return bytes(value).decode()
-    return value[0]

@@ -89,16 +89,19 @@ def gate_quant(quant: str, metrics: Mapping, profile: QuantProfile) -> GateResul
             v, lim = _pair(value, limit)
             run(name, value, limit, value <= limit, f"{label} {v} > {lim}")
 
+    def lower(name: str, label: str, value, limit, *, digits: int = 3, unit: str = "",
+              limit_label: str = "") -> None:  # value must be >= limit
+        if value is None:
+            skip(name, "not measured")
+        elif limit is None:
+            skip(name, "no limit", value)
+        else:
+            v, lim = _pair(value, limit, digits=digits)
+            run(name, value, limit, value >= limit, f"{label} {v}{unit} < {limit_label}{lim}")
+
     upper("kld_mean", "mean KLD", _number(metrics, "kld_mean"), limits.max_kld_mean)
 
-    top1 = _number(metrics, "top1")
-    if top1 is None:
-        skip("top1", "not measured")
-    elif limits.min_top1 is None:
-        skip("top1", "no limit", top1)
-    else:
-        v, lim = _pair(top1, limits.min_top1)
-        run("top1", top1, limits.min_top1, top1 >= limits.min_top1, f"top-1 agreement {v} < {lim}")
+    lower("top1", "top-1 agreement", _number(metrics, "top1"), limits.min_top1)
 
     upper("ppl_ratio", "PPL ratio", _number(metrics, "ppl_ratio"), limits.max_ppl_ratio)
 
@@ -117,15 +120,8 @@ def gate_quant(quant: str, metrics: Mapping, profile: QuantProfile) -> GateResul
                 f"task accuracy drop {v} > {lim} ({accuracy:.3f} vs F16 {f16_accuracy:.3f})",
                 task_accuracy=accuracy, f16_task_accuracy=f16_accuracy)
 
-    decode = _number(metrics, "decode_tps")
-    if decode is None:
-        skip("decode_tps", "not measured")
-    elif profile.min_decode_tps is None:
-        skip("decode_tps", "no limit", decode)
-    else:
-        v, lim = _pair(decode, profile.min_decode_tps, digits=1)
-        run("decode_tps", decode, profile.min_decode_tps, decode >= profile.min_decode_tps,
-            f"decode {v} tok/s < floor {lim}")
+    lower("decode_tps", "decode", _number(metrics, "decode_tps"), profile.min_decode_tps,
+          digits=1, unit=" tok/s", limit_label="floor ")
 
     ram = metrics.get("ram_needed_bytes")
     if ram is None:

@@ -83,3 +83,14 @@ def open_gguf(path: Path, *, n_ctx: int = 512, logits_all: bool = False, vocab_o
 
     return llama_cpp.Llama(str(path), n_ctx=n_ctx, logits_all=logits_all, vocab_only=vocab_only,
                            n_threads=threads(), verbose=False)
+
+
+def gguf_field(reader, key: str):
+    """One metadata value from a ``gguf.GGUFReader`` (str for strings, else the scalar), or None."""
+    field = reader.fields.get(key)
+    if field is None:
+        return None
+    value = field.parts[field.data[0]]
+    if field.types and field.types[0].name == "STRING":
+        return bytes(value).decode()
+    return value[0]

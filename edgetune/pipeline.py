@@ -118,7 +118,7 @@ def build(project: Project, profile: QuantProfile, out: Path, *, key: Path | Non
     private_key, public_key = _signing_key(key, ev)
     redo = overwrite or resume  # later stages are cheap and always redone on --resume
 
-    base_model = project.base_model or _demo_base(ev)
+    base_model = project.base_model or build_demo_base(ev)
     init_adapter = None
     if sft_examples:
         sft_cfg = dataclasses.replace(project.train, method="sft", steps=project.sft_steps)
@@ -207,7 +207,7 @@ def _train_stage(base_model: str, data, config: TrainConfig, out: Path, init_ada
     continuing = resume and last_checkpoint(checkpoint_dir(out)) is not None
     return train(base_model, data, config, out, init_adapter=init_adapter, resume=continuing,
                  overwrite=overwrite or resume,
-                 on_step=lambda s: ev.progress(stage, s.step, s.total, _step_detail(s)),
+                 on_step=lambda s: ev.progress(stage, s.step, s.total, step_detail(s)),
                  on_note=ev.note)
 
 
@@ -230,7 +230,7 @@ def _signing_key(key: Path | None, ev: BuildEvents) -> tuple[Path, Path]:
     return default, default.with_suffix(".pub")
 
 
-def _demo_base(ev: BuildEvents) -> str:
+def build_demo_base(ev: BuildEvents) -> str:
     from edgetune.demo.model import PRETRAIN_STEPS, demo_base_model
 
     ev.stage("base", "building the demo base model (first run only)")
@@ -254,7 +254,7 @@ def _chat_text(tokenizer, project: Project, row: QARow) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False)
 
 
-def _step_detail(step: StepLog) -> str:
+def step_detail(step: StepLog) -> str:
     m = step.metrics
     if "reward" not in m:
         return f"loss {float(m.get('loss', 0)):.3f}"
