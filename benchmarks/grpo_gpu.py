@@ -45,18 +45,25 @@ SHAPES = {
     "tiny": {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
              "num_attention_heads": 4, "num_key_value_heads": 2},
 }
-# name -> (backend, base_bits, trainer overrides, environment). UNSLOTH_DECODE_CUDA_GRAPHS: ""
-# is Unsloth's own default (graphs only inside its RL generation scope), "1" forces the graphed
-# decode step (what edgetune's Unsloth backend sets), "0" forces the eager one.
+# name -> (backend, base_bits, trainer overrides, environment, TrainConfig overrides).
+# UNSLOTH_DECODE_CUDA_GRAPHS: "" is Unsloth's own default (graphs only inside its RL generation
+# scope), "1" forces the graphed decode step, "0" forces the eager one. compile_generation: the
+# TRL backend's static KV cache + CUDA-graphed decode (edgetune.train._compile_generation); the
+# TRL baseline runs with it off, i.e. with TRL's own defaults.
+EAGER = {"compile_generation": False}
 VARIANTS = {
-    "trl": ("trl", 16, {}, {}),
-    "unsloth-16bit": ("unsloth", 16, {}, {"UNSLOTH_DECODE_CUDA_GRAPHS": ""}),
-    "unsloth-4bit": ("unsloth", 4, {}, {"UNSLOTH_DECODE_CUDA_GRAPHS": ""}),
-    "unsloth-16bit-eager-decode": ("unsloth", 16, {}, {"UNSLOTH_DECODE_CUDA_GRAPHS": "0"}),
-    "unsloth-16bit-graphs-forced": ("unsloth", 16, {}, {"UNSLOTH_DECODE_CUDA_GRAPHS": "1"}),
-    "unsloth-4bit-graphs-forced": ("unsloth", 4, {}, {"UNSLOTH_DECODE_CUDA_GRAPHS": "1"}),
-    "trl-continuous-batching": ("trl", 16, {"use_transformers_continuous_batching": True}, {}),
-    "trl-static-cache": ("trl", 16, {"cache_implementation": "static"}, {}),
+    "trl": ("trl", 16, {}, {}, EAGER),
+    "trl-compiled": ("trl", 16, {}, {}, {"compile_generation": True}),
+    "trl-4bit-compiled": ("trl", 4, {}, {}, {"compile_generation": True}),
+    "unsloth-16bit-compiled": ("unsloth", 16, {}, {"UNSLOTH_DECODE_CUDA_GRAPHS": "0"},
+                               {"compile_generation": True}),
+    "unsloth-16bit": ("unsloth", 16, {}, {"UNSLOTH_DECODE_CUDA_GRAPHS": ""}, {}),
+    "unsloth-4bit": ("unsloth", 4, {}, {"UNSLOTH_DECODE_CUDA_GRAPHS": ""}, {}),
+    "unsloth-16bit-eager-decode": ("unsloth", 16, {}, {"UNSLOTH_DECODE_CUDA_GRAPHS": "0"}, {}),
+    "unsloth-16bit-graphs-forced": ("unsloth", 16, {}, {"UNSLOTH_DECODE_CUDA_GRAPHS": "1"}, {}),
+    "unsloth-4bit-graphs-forced": ("unsloth", 4, {}, {"UNSLOTH_DECODE_CUDA_GRAPHS": "1"}, {}),
+    "trl-continuous-batching": ("trl", 16, {"use_transformers_continuous_batching": True}, {}, EAGER),
+    "trl-static-cache": ("trl", 16, {"cache_implementation": "static"}, {}, EAGER),
 }
 GENERATIONS, NEW_TOKENS, GA, LORA_R = 8, 256, 2, 16
 SPECIAL = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645}
@@ -96,7 +103,7 @@ def build_model(name: str, directory: Path) -> Path:
 
 def worker(args) -> dict:
     """One variant on one model, in this process."""
-    backend, bits, overrides, _env = VARIANTS[args.variant]
+    backend, bits, overrides, _env, config_overrides = VARIANTS[args.variant]
     if backend == "unsloth":
         import unsloth  # noqa: F401  (before transformers, as edgetune does)
     import torch
@@ -130,7 +137,8 @@ def worker(args) -> dict:
     config = TrainConfig(steps=steps, num_generations=GENERATIONS, prompts_per_step=1,
                          gradient_accumulation_steps=GA, max_prompt_length=64,
                          max_completion_length=NEW_TOKENS, learning_rate=5e-6, lora_r=LORA_R,
-                         lora_alpha=LORA_R, backend=backend, base_bits=bits, checkpoint_every=0)
+                         lora_alpha=LORA_R, backend=backend, base_bits=bits, checkpoint_every=0,
+                         **config_overrides)
     stamps: list[float] = []
     notes: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:

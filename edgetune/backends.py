@@ -1,9 +1,16 @@
 """Training backends: how the base model and its LoRA are loaded for TRL's trainers.
 
 ``unsloth`` (NVIDIA GPUs): FastLanguageModel, 4-bit or 16-bit base, Unsloth's patched TRL
-trainers (faster generation and training, less memory). ``trl``: transformers + PEFT, runs
-anywhere (CPU included, TRL >= 1.16), optionally 4-bit through bitsandbytes on CUDA. ``auto``
-picks Unsloth when CUDA is present and Unsloth is installed (``pip install 'edgetune[gpu]'``).
+trainers (least memory). ``trl``: transformers + PEFT, runs anywhere (CPU included, TRL >= 1.16),
+optionally 4-bit through bitsandbytes on CUDA; on CUDA its GRPO generation runs with a static KV
+cache and CUDA graphs (``edgetune.train._compile_generation``).
+
+``auto`` follows the H100 measurements in benchmarks/results/grpo_gpu.json (completions/s,
+8 x 256 tokens, 1.5B / 3B): TRL with compiled generation 4.67 / 3.58, Unsloth 16-bit 1.33 / 1.22,
+Unsloth 4-bit 1.04-1.31 / 0.87, TRL 4-bit (bitsandbytes cannot be graphed) 0.59 / 0.61. So:
+on a GPU where the 16-bit base fits, TRL with compiled generation; where only a 4-bit base fits
+(or ``--base-bits 4`` is asked), Unsloth when installed (``pip install 'edgetune[gpu]'``),
+since it needs the least memory (1.8 / 2.9 GiB); on CPU, TRL.
 
 Both hand back the same thing; ``edgetune.train`` runs the trainer, so every backend leaves
 the same artifact layout.
@@ -54,7 +61,8 @@ def unsloth_installed() -> bool:
     return importlib.util.find_spec("unsloth") is not None
 
 
-def select_backend(name: str) -> TrainBackend:
+def select_backend(name: str, base: Path | None = None, config=None) -> TrainBackend:
+    """The backend for ``name``; ``auto`` needs ``base`` and ``config`` to plan GPU memory."""
     if name == "trl":
         return TrlBackend()
     if name == "unsloth":
@@ -65,10 +73,28 @@ def select_backend(name: str) -> TrainBackend:
             raise ConfigError("Unsloth is not installed", hint=_GPU_HINT)
         return UnslothBackend()
     if name == "auto":
-        if cuda_available() and unsloth_installed():
+        if (base is not None and config is not None and cuda_available() and unsloth_installed()
+                and plan_base_bits(base, config, lambda _msg: None) == 4):
             return UnslothBackend()
         return TrlBackend()
     raise ConfigError(f"unknown training backend '{name}'", hint=f"choose {', '.join(BACKENDS)}")
+
+
+def preload_backend(name: str, base_model: str | None, config) -> None:
+    """Import Unsloth now if training will use it: it must be imported before transformers.
+
+    Called by the CLI before anything loads transformers. A base that cannot be resolved yet is
+    left to ``train``, which reports it properly.
+    """
+    from edgetune.errors import EdgetuneError
+
+    base = None
+    if base_model is not None:
+        try:
+            base = hf.resolve_model(base_model)
+        except EdgetuneError:
+            return
+    select_backend(name, base, config)
 
 
 def plan_base_bits(base: Path, config, on_note: Callable[[str], None]) -> int:

@@ -238,9 +238,9 @@ def train_cmd(method, data, sft_format, question_field, answer_field, base_model
     else:
         loaded = load_qa(data or demo.data, Columns(question=question_field, answer=answer_field))
         rows = split_qa(loaded.rows, eval_fraction=demo.eval_fraction).train
-    from edgetune.backends import select_backend
+    from edgetune.backends import preload_backend
 
-    select_backend(config.backend)  # Unsloth must load before transformers does
+    preload_backend(config.backend, base_model, config)  # Unsloth loads before transformers
     with RichEvents() as events, _stdout_for_results():
         if base_model is None:
             from edgetune.pipeline import build_demo_base

@@ -112,9 +112,10 @@ def build(project: Project, profile: QuantProfile, out: Path, *, key: Path | Non
                                 system_prompt=project.system_prompt).examples
     ev.stage_done("data", f"{len(splits.train)} train / {len(splits.eval)} held-out rows"
                   + (f", {len(sft_examples)} SFT examples" if sft_examples else ""))
-    from edgetune.backends import select_backend
+    from edgetune.backends import preload_backend
 
-    select_backend(project.train.backend)  # Unsloth must load before transformers does
+    # Unsloth must load before transformers does.
+    preload_backend(project.train.backend, project.base_model, project.train)
     private_key, public_key = _signing_key(key, ev)
     redo = overwrite or resume  # later stages are cheap and always redone on --resume
 

@@ -138,20 +138,35 @@ def test_vram_check_refuses_what_cannot_fit(tiny_model_factory, tmp_path):
     assert "--num-generations" in refused.value.hint
 
 
+def test_auto_backend_follows_the_benchmark(tiny_model_factory):
+    """16-bit fits: TRL with compiled generation (fastest); 4-bit asked: Unsloth (least memory)."""
+    from edgetune.backends import TrlBackend, UnslothBackend, select_backend
+
+    base = tiny_model_factory("llama")
+    assert isinstance(select_backend("auto", base, _config()), TrlBackend)
+    assert isinstance(select_backend("auto", base, _config(base_bits=4)), UnslothBackend)
+
+
 def test_demo_build_on_gpu_reaches_a_verified_bundle(tmp_path):
-    """The same pipeline as the CPU demo, trained by Unsloth: merge, GGUF, quants, signed bundle."""
-    from click.testing import CliRunner
+    """The CPU demo's pipeline on the GPU's default path: TRL GRPO with a CUDA-graphed decode,
+    then merge, GGUF, quants, a signed bundle. The real CLI in its own process, as a user runs
+    it (this test module has imported Unsloth, which replaces TRL's trainers in-process)."""
+    import subprocess
+    import sys
 
     from edgetune.bundle import verify_bundle
-    from edgetune.cli import cli
 
     out = tmp_path / "out"
-    result = CliRunner().invoke(cli, ["build", "--target", "phone", "--steps", "8", "--out", str(out),
-                                      "--json"])
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    payload = json.loads(result.stdout)
+    run = subprocess.run([sys.executable, "-m", "edgetune.cli", "build", "--target", "phone",
+                          "--steps", "8", "--out", str(out), "--json"],
+                         capture_output=True, text=True, env={**os.environ, "EDGETUNE_HOME": str(tmp_path / "home")})
+    assert run.returncode == 0, run.stderr[-3000:]
+    payload = json.loads(run.stdout)
     manifest = json.loads((out / "bundle" / "edgetune.json").read_text())
-    assert manifest["training"]["backend"] == "unsloth"
-    assert manifest["training"]["effective_config"]["device"] == "cuda"
+    effective = manifest["training"]["effective_config"]
+    assert manifest["training"]["backend"] == "trl"
+    assert effective["device"] == "cuda" and effective["compiled_generation"] is True
+    log = [json.loads(line) for line in (out / "adapter" / "training_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log if "reward" in e] == list(range(1, 9))
     verified = verify_bundle(out / "bundle", payload["public_key"])
     assert verified.bundle_id == payload["bundle_id"]
