@@ -1,7 +1,7 @@
 """Build and verify signed edgetune bundles (layout and rules: ``mobile_bundle/SPEC.md``).
 
-A bundle holds the quantised GGUFs, ``edgetune.json``, ``README.md``, ``eval.json`` and
-``model.sig`` and nothing else: unsigned extra files fail verification.
+A bundle holds the quantised GGUFs, ``edgetune.json``, ``README.md``, ``eval.json``, ``eval.md``,
+``eval.png`` and ``model.sig`` and nothing else: unsigned extra files fail verification.
 """
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from edgetune import signing
+from edgetune import report, signing
 from edgetune.artifacts import Bundle, atomic_dir, write_json_atomic
 from edgetune.errors import ConfigError, EdgetuneError, ModelError, VerificationError
 
 MANIFEST_FILE = "edgetune.json"
 EVAL_FILE = "eval.json"
+EVAL_TABLE_FILE = report.MARKDOWN_FILE
+EVAL_CHART_FILE = report.CHART_FILE
 README_FILE = "README.md"
 SCHEMA_VERSION = "1.0"
 _INSTALLED_SCHEMA = Path(__file__).parent / "schema" / "edgetune.schema.json"
@@ -168,11 +170,6 @@ def _eval_summary(eval_results: dict) -> dict:
     return {**scalars(eval_results), "file": EVAL_FILE, **({"quants": quants} if quants else {})}
 
 
-def _pick(metrics: dict, *names: str) -> Any:
-    return next((metrics[n] for n in names if isinstance(metrics.get(n), (int, float))
-                 and not isinstance(metrics[n], bool)), None)
-
-
 def _human(n: Any) -> str:
     if not isinstance(n, (int, float)):
         return "-"
@@ -191,14 +188,11 @@ def _model_card(info: BundleInfo, artifacts: list[dict], key_id: str, eval_resul
     main = next((a for a in artifacts if a["quant"] == "Q4_K_M"), artifacts[0])
     files = "\n".join(f"| `{a['path']}` | {_cell(a['quant'])} | {_human(a['size'])} | "
                       f"{_human(a['ram_needed_bytes'])} |" for a in artifacts)
-    rows = [f"| {_cell(q)} | {_human(_pick(m, 'size_bytes', 'size'))} | "
-            f"{_cell(_pick(m, 'ppl', 'perplexity'))} | "
-            f"{_cell(_pick(m, 'prefill_tps', 'prefill_tok_s'))} | "
-            f"{_cell(_pick(m, 'decode_tps', 'decode_tok_s'))} |"
-            for q, m in _quants(eval_results).items()]
-    evaluation = "\n".join(["| Quant | Size | Perplexity | Prefill tok/s | Decode tok/s |",
-                            "|---|---|---|---|---|", *rows, "", f"Full results: `{EVAL_FILE}`."]
-                           ) if rows else f"No per-quant results were recorded; see `{EVAL_FILE}`."
+    evaluation = (f"{report.markdown_table(eval_results)}\n"
+                  f"![{report.CHART_ALT}]({EVAL_CHART_FILE})\n\n"
+                  f"Full results: `{EVAL_FILE}` (this table: `{EVAL_TABLE_FILE}`)."
+                  if report.ordered_quants(eval_results)
+                  else f"No per-quant results were recorded; see `{EVAL_FILE}`.")
     sh = "```sh\n{}\n```".format
     return "\n\n".join([
         f"---\nlicense: {q(info.base_model_license)}\nbase_model: {q(info.base_model)}\n"
@@ -271,6 +265,7 @@ def build_bundle(out: Path, info: BundleInfo, models: Sequence[BundleModel], *,
     if err := _schema_error(probe):  # user input: fail before copying gigabytes
         raise ConfigError(f"invalid bundle settings: {err}", "See mobile_bundle/SPEC.md.")
     eval_results = _finite(info.eval_results)
+    readable = {**eval_results, "quants": _quants(eval_results)}  # eval.md, eval.png, the card
     with atomic_dir(out, overwrite=overwrite) as tmp:
         os.chmod(tmp, 0o755)
         artifacts = []
@@ -278,16 +273,18 @@ def build_bundle(out: Path, info: BundleInfo, models: Sequence[BundleModel], *,
             say(f"copying {m.quant}: {m.source} -> {name}")
             sha, size = _copy_hashed(Path(m.source), tmp / name)
             artifacts.append(_artifact(m, name, sha, size))
-        say("writing eval.json, README.md and edgetune.json")
+        say("writing eval.json, eval.md, eval.png, README.md and edgetune.json")
         write_json_atomic(tmp / EVAL_FILE, eval_results)
-        (tmp / README_FILE).write_text(_model_card(info, artifacts, key_id, eval_results),
+        report.write_reports(tmp, readable)
+        (tmp / README_FILE).write_text(_model_card(info, artifacts, key_id, readable),
                                        encoding="utf-8")
         manifest = _manifest(info, key_id, created, artifacts)
         if err := _schema_error(manifest):
             raise EdgetuneError(f"internal error: the manifest breaks its schema: {err}",
                                 "This is a bug in edgetune; please report it.")
         write_json_atomic(tmp / MANIFEST_FILE, manifest)
-        for name in [*names, EVAL_FILE, README_FILE, MANIFEST_FILE]:
+        for name in [*names, EVAL_FILE, EVAL_TABLE_FILE, EVAL_CHART_FILE, README_FILE,
+                     MANIFEST_FILE]:
             os.chmod(tmp / name, 0o644)
         say("signing")
         signing.sign_bundle(tmp, private_key, passphrase)

@@ -182,6 +182,85 @@ def build(target, data, question_field, answer_field, base_model, name, system_p
     console.print(f"Verify: edgetune verify {result.bundle.path} --key {result.public_key}")
 
 
+@cli.command("eval")
+@click.argument("f16", type=click.Path(path_type=Path))
+@click.argument("quants", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--target", default="phone", show_default=True,
+              help="Device profile whose gates, context and eval_context apply.")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Q&A file (.jsonl, .json, .csv); its held-out rows, split as `build` splits "
+                   "them, are the eval text. Default: the built-in demo's held-out questions.")
+@click.option("--all-rows", is_flag=True,
+              help="Evaluate on every row of --data (a file kept out of training).")
+@click.option("--question-field", default="question", show_default=True)
+@click.option("--answer-field", default="answer", show_default=True)
+@click.option("--system-prompt-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="System prompt of the held-out conversations. Default: the "
+                                 "demo's, as in `build`.")
+@click.option("--answer-format", type=click.Choice(["reasoning", "think", "r1"]),
+              default="reasoning", show_default=True,
+              help="The answer layout task accuracy expects (as trained).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("edgetune-eval"),
+              show_default=True, help="Folder for eval.json, eval.md and eval.png.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out folder.")
+@click.option("--accept-gate-failure", is_flag=True,
+              help="Exit 0 even if a quant fails the target's gates (recorded in eval.json).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print eval.json on stdout (progress and errors go to stderr).")
+def eval_cmd(f16, quants, target, data, all_rows, question_field, answer_field, system_prompt_file,
+             answer_format, out, overwrite, accept_gate_failure, as_json) -> None:
+    """Evaluate GGUF files on disk: every quant against the F16 GGUF, gated by a target.
+
+    The same measurements as `build`'s evaluate stage (KL divergence, top-1, perplexity, task
+    accuracy, speed, RAM), written to --out as eval.json, a Markdown table (eval.md) and a chart
+    (eval.png). Quant names come from each GGUF's file type. Exits 1 when a quant fails the
+    target's gates, after writing the report.
+
+    \b
+    Examples:
+      edgetune eval edgetune-out/gguf/edgetune-demo-F16.gguf \\
+          edgetune-out/quants/edgetune-demo-Q4_K_M.gguf edgetune-out/quants/edgetune-demo-Q8_0.gguf
+      edgetune eval coach-F16.gguf coach-Q4_K_M.gguf coach-Q8_0.gguf --data qa.jsonl \\
+          --system-prompt-file persona.txt --target phone-4gb --out coach-eval
+      edgetune eval F16.gguf Q4_K_M.gguf --data held-out.jsonl --all-rows --json
+    """
+    from edgetune.console import RichEvents, console, eval_table, gate_table
+    from edgetune.data import Columns
+    from edgetune.gates import GateFailure
+    from edgetune.gguf_eval import evaluate_ggufs
+    from edgetune.pipeline import demo_project, held_out_rows
+    from edgetune.profiles import load_profile
+
+    if all_rows and data is None:
+        raise click.UsageError("--all-rows needs --data (the demo's rows include training rows)")
+    profile = load_profile(target)
+    rows = held_out_rows(data, Columns(question=question_field, answer=answer_field),
+                         all_rows=all_rows)
+    system_prompt = (system_prompt_file.read_text().strip() if system_prompt_file
+                     else demo_project().system_prompt)
+    failure = None
+    try:
+        with RichEvents() as events, _stdout_for_results():
+            report = evaluate_ggufs(f16, quants, out, profile, rows=rows,
+                                    system_prompt=system_prompt, answer_format=answer_format,
+                                    overwrite=overwrite, accept_gate_failure=accept_gate_failure,
+                                    events=events)
+        path = report.path / report.file
+    except GateFailure as exc:
+        failure, path = exc, out / "eval.json"
+    if as_json:
+        click.echo(path.read_text(), nl=False)
+    else:
+        console.print(eval_table(json.loads(path.read_text())))
+        console.print(f"[bold green]Report:[/] {path} (table: eval.md, chart: eval.png)",
+                      soft_wrap=True)  # a path to copy, never wrapped
+    if failure is not None:
+        console.print(gate_table(failure))
+        failure.hint = ("see the tables above and eval.md; choose another --target, or pass "
+                        "--accept-gate-failure to exit 0 anyway (recorded in eval.json)")
+        raise failure
+
+
 @cli.command("train")
 @click.option("--method", type=click.Choice(["grpo", "sft"]), default="grpo", show_default=True)
 @click.option("--data", type=click.Path(path_type=Path), default=None,

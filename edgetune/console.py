@@ -56,7 +56,9 @@ def eval_table(report: dict) -> Table:
     for col in ("quant", "size", "RAM needed", "PPL ratio", "mean KLD", "top-1", "task acc.",
                 "decode tok/s", "gate"):
         table.add_column(col, justify="left" if col in ("quant", "gate") else "right")
-    for quant, m in report["quants"].items():
+    from edgetune.report import ordered_quants
+
+    for quant, m in ordered_quants(report):  # F16, then by size as in eval.md
         gate = m.get("gate")
         verdict = "-" if gate is None else ("[green]pass[/]" if gate["passed"] else "[red]FAIL[/]")
         acc = m.get("task_accuracy")

@@ -91,8 +91,10 @@ def build(project: Project, profile: QuantProfile, out: Path, *, key: Path | Non
     from edgetune.bundle import BundleInfo, BundleModel, build_bundle
     from edgetune.convert import convert
     from edgetune.evaluate import evaluate
+    from edgetune.gates import GateFailure
     from edgetune.merge import merge
     from edgetune.quantise import quantise
+    from edgetune.report import write_reports
 
     ev = events or SilentEvents()
     out = Path(out)
@@ -159,12 +161,19 @@ def build(project: Project, profile: QuantProfile, out: Path, *, key: Path | Non
                                         for q in quants.files))
 
     ev.stage("evaluate", f"{len(held_out)} held-out rows")
-    report = evaluate(f16, quants, held_out, out / "eval", context_length=profile.context_length,
-                      n_ctx=profile.eval_context, overwrite=overwrite, qa_rows=splits.eval,
-                      system_prompt=project.system_prompt, answer_format=project.train.answer_format,
-                      profile=profile, accept_gate_failure=accept_gate_failure,
-                      on_progress=lambda q, i, n: ev.progress("evaluate", i, n, q))
+    try:
+        report = evaluate(f16, quants, held_out, out / "eval",
+                          context_length=profile.context_length, n_ctx=profile.eval_context,
+                          overwrite=overwrite, qa_rows=splits.eval,
+                          system_prompt=project.system_prompt,
+                          answer_format=project.train.answer_format, profile=profile,
+                          accept_gate_failure=accept_gate_failure,
+                          on_progress=lambda q, i, n: ev.progress("evaluate", i, n, q))
+    except GateFailure:  # the report is written; eval.md and eval.png show what failed
+        write_reports(out / "eval", json.loads((out / "eval" / "eval.json").read_text()))
+        raise
     eval_results = json.loads((report.path / report.file).read_text())
+    write_reports(report.path, eval_results)
     ev.stage_done("evaluate")
 
     ev.stage("bundle", "manifest, model card, signature")
@@ -247,12 +256,16 @@ def build_demo_base(ev: BuildEvents) -> str:
 
 def _chat_text(tokenizer, project: Project, row: QARow) -> str:
     """A held-out conversation as the model sees it: system, question, reference answer."""
+    return tokenizer.apply_chat_template(held_out_messages(project.system_prompt, row),
+                                         tokenize=False)
+
+
+def held_out_messages(system_prompt: str, row: QARow) -> list[dict]:
     from edgetune.demo.model import formatted_answer
 
-    messages = [{"role": "system", "content": project.system_prompt}] if project.system_prompt else []
-    messages += [{"role": "user", "content": row.question},
-                 {"role": "assistant", "content": formatted_answer(row)}]
-    return tokenizer.apply_chat_template(messages, tokenize=False)
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return messages + [{"role": "user", "content": row.question},
+                       {"role": "assistant", "content": formatted_answer(row)}]
 
 
 def step_detail(step: StepLog) -> str:
@@ -278,3 +291,10 @@ def _base_name(base_model: str) -> str:
     path = Path(base_model)
     return "edgetune-demo-base (built locally)" if "demo-base" in path.name else base_model
 
+
+def held_out_rows(data: Path | None, columns: Columns = Columns(), *,
+                  all_rows: bool = False) -> tuple[QARow, ...]:
+    """The rows ``build`` holds out of ``data`` (default: the demo's), or every row."""
+    project = demo_project()
+    rows = load_qa(data or project.data, columns).rows
+    return rows if all_rows else split_qa(rows, eval_fraction=project.eval_fraction).eval

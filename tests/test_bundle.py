@@ -37,7 +37,8 @@ from edgetune.signing import SIGNATURE_FILE, generate_keypair, key_id_of, sign_b
 
 QUANTS = ("Q4_K_M", "Q5_K_M", "Q8_0")
 GGUFS = [f"edgetune-demo-{q}.gguf" for q in QUANTS]
-EXPECTED_FILES = sorted([*GGUFS, "edgetune.json", "README.md", "eval.json", SIGNATURE_FILE])
+EXPECTED_FILES = sorted([*GGUFS, "edgetune.json", "README.md", "eval.json", "eval.md", "eval.png",
+                         SIGNATURE_FILE])
 PASSPHRASE = "correct horse battery staple"
 # the shape edgetune.evaluate writes (metric names included), plus a NaN
 EVAL = {"context_length": 40960, "eval_ctx": 512, "bad": float("nan"),
@@ -195,20 +196,35 @@ def test_model_card_front_matter_and_sections(built: Bundle, keys):
                      "base_model_relation": "finetune", "pipeline_tag": "text-generation",
                      "tags": ["gguf", "edgetune", "reasoning"]}
     for text in ("## Files", "| `edgetune-demo-Q5_K_M.gguf` | Q5_K_M | 4.9 KiB | 953.7 MiB |",
-                 "| Q8_0 | 12.0 KiB | 11.50 | 280.00 | 38.00 |", "ollama run", "PocketPal",
+                 "| Q8_0 | 12.0 KiB | 953.7 MiB | 11.50 | 1.2000 | - | - | - | - | - | - | 280 | 38 "
+                 "| - | - | - | - |",
+                 "ollama run", "PocketPal",
                  "llama-cli -m edgetune-demo-Q4_K_M.gguf", "edgetune verify . --key creator.pub",
                  key_id_of(keys.public_key), "Ada \\| Coach"):
         assert text in card
+    evaluation = card.split("## Evaluation\n\n", 1)[1].split("\n## ", 1)[0]
+    table = (built.path / "eval.md").read_text()
+    assert evaluation.startswith(table)  # the card shows eval.md, then the chart
+    assert "![Size vs KL divergence vs decode speed](eval.png)" in evaluation
+    # largest quant first, as in eval.md
+    assert [line.split(" | ")[0] for line in table.splitlines()[2:5]] == ["| Q8_0", "| Q5_K_M",
+                                                                          "| Q4_K_M"]
+    assert (built.path / "eval.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
 def test_model_card_accepts_a_list_of_quants_and_missing_results(tmp_path: Path, keys, models):
-    listed = {"quants": [{"quant": "Q4_K_M", "perplexity": 7.25, "prefill_tok_s": 99.5}]}
-    card = build_bundle(tmp_path / "a", _info(eval_results=listed), models[:1],
-                        private_key=keys.private_key).path.joinpath("README.md").read_text()
-    assert "| Q4_K_M | - | 7.25 | 99.50 | - |" in card
-    card = build_bundle(tmp_path / "b", _info(eval_results={}), models[:1],
-                        private_key=keys.private_key).path.joinpath("README.md").read_text()
-    assert "No per-quant results" in card and "| Perplexity |" not in card
+    listed = {"quants": [{"quant": "Q4_K_M", "ppl": 7.25, "prefill_tps": 99.5}]}
+    bundle = build_bundle(tmp_path / "a", _info(eval_results=listed), models[:1],
+                          private_key=keys.private_key).path
+    row = "| Q4_K_M | - | - | 7.25 | - | - | - | - | - | - | - | 100 | - | - | - | - | - |"
+    assert row in (bundle / "README.md").read_text() and row in (bundle / "eval.md").read_text()
+    bundle = build_bundle(tmp_path / "b", _info(eval_results={}), models[:1],
+                          private_key=keys.private_key).path
+    card = (bundle / "README.md").read_text()
+    assert "No per-quant results" in card and "| PPL |" not in card and "eval.png" not in card
+    assert sorted(os.listdir(bundle)) == sorted([GGUFS[0], "README.md", "eval.json", "eval.md",
+                                                 "eval.png", "edgetune.json", SIGNATURE_FILE])
+    assert verify_bundle(bundle, keys.public_key).files == 6
 
 
 def test_official_model_signing_cli_accepts_bundle(built: Bundle, keys):
@@ -229,8 +245,8 @@ def test_refuses_existing_output_unless_overwrite(built: Bundle, tmp_path: Path,
     messages: list[str] = []
     result = build_bundle(out, _info(version="2.0.0"), models[:1], private_key=keys.private_key,
                           overwrite=True, on_progress=messages.append)
-    assert sorted(os.listdir(out)) == sorted([GGUFS[0], "README.md", "eval.json",
-                                              "edgetune.json", SIGNATURE_FILE])
+    assert sorted(os.listdir(out)) == sorted([GGUFS[0], "README.md", "eval.json", "eval.md",
+                                              "eval.png", "edgetune.json", SIGNATURE_FILE])
     assert verify_bundle(out, keys.public_key).version == result.version == "2.0.0"
     assert messages[-1] == "signing"
     _no_leftovers(tmp_path)
@@ -296,7 +312,8 @@ def test_verify_passes(built: Bundle, keys):
                                if f != SIGNATURE_FILE)
 
 
-@pytest.mark.parametrize("name", [*GGUFS, "edgetune.json", "README.md", "eval.json"])
+@pytest.mark.parametrize("name", [*GGUFS, "edgetune.json", "README.md", "eval.json", "eval.md",
+                                  "eval.png"])
 def test_flipped_byte_in_any_file_fails(bundle: Path, keys, name: str):
     data = bytearray((bundle / name).read_bytes())
     data[len(data) // 2] ^= 0x01

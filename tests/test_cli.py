@@ -80,7 +80,7 @@ def _squash(text: str) -> str:
 
 def test_command_tree_is_what_the_tests_cover():
     assert [" ".join(p) for p, _ in ALL_COMMANDS[1:]] == [
-        "build", "keys", "keys new", "targets", "train", "verify"]
+        "build", "eval", "keys", "keys new", "targets", "train", "verify"]
 
 
 @pytest.mark.parametrize(("path", "command"), ALL_COMMANDS, ids=_ids(ALL_COMMANDS))
@@ -124,7 +124,7 @@ def test_help_as_a_program(tmp_path: Path):
                           text=True, cwd=tmp_path, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("Usage: edgetune [OPTIONS] COMMAND [ARGS]...")
-    for name in ("build", "keys", "targets", "verify"):
+    for name in ("build", "eval", "keys", "targets", "verify"):
         assert re.search(rf"^  {name}\b", proc.stdout, re.M), name
     assert proc.stderr == ""
     assert time.monotonic() - start < 10
@@ -277,9 +277,9 @@ def test_verify_ok(bundle: Path, creator):
     assert result.exit_code == 0, result.stderr
     files = [p for p in bundle.rglob("*") if p.is_file() and p.name != SIGNATURE_FILE]
     size = sum(p.stat().st_size for p in files)
-    assert len(files) == 5  # 2 GGUFs, edgetune.json, README.md, eval.json
+    assert len(files) == 7  # 2 GGUFs, edgetune.json, README.md, eval.json, eval.md, eval.png
     assert result.stdout.startswith("OK:")
-    assert result.stdout == (f"OK: cli-demo 0.3.1, 5 files, {size:,} bytes, "
+    assert result.stdout == (f"OK: cli-demo 0.3.1, 7 files, {size:,} bytes, "
                              f"signed by key {creator.key_id[:16]}…\n")
     assert result.stderr == ""
     _no_traceback(result)
@@ -291,7 +291,7 @@ def test_verify_ok_json(bundle: Path, creator):
     size = sum(p.stat().st_size for p in bundle.rglob("*")
                if p.is_file() and p.name != SIGNATURE_FILE)
     assert json.loads(result.stdout) == {"ok": True, "bundle_id": "cli-demo", "version": "0.3.1",
-                                         "key_id": creator.key_id, "files": 5, "bytes": size}
+                                         "key_id": creator.key_id, "files": 7, "bytes": size}
 
 
 def test_verify_tampered_file(bundle: Path, creator):
@@ -590,3 +590,179 @@ def test_targets():
     assert "Mid-range phone (6 GB RAM)" in phone
     assert "ctx 8192" in desktop
     assert "Laptop or desktop with 16 GB RAM" in desktop
+
+
+# --------------------------------------------------------------------------- eval
+
+# A target that measures on short text (chunks of 64 tokens), so `edgetune eval` of the demo's
+# F16 and Q8_0 on three questions takes seconds. "strict" fails Q8_0 on any KL divergence.
+_TINY_TARGET = """name: {name}
+description: eval tests
+quants: [Q8_0]
+context_length: 512
+memory_budget_mb: 100
+eval_context: 64
+"""
+
+
+@pytest.fixture
+def eval_inputs(demo_build, tmp_path: Path) -> dict:
+    out, _, _ = demo_build
+    from edgetune.demo import DEMO_DATA
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(DEMO_DATA.read_text().splitlines(keepends=True)[:3]))
+    lax = _write(tmp_path / "tiny.yaml", _TINY_TARGET.format(name="tiny"))
+    strict = _write(tmp_path / "strict.yaml", _TINY_TARGET.format(name="tiny-strict")
+                    + "thresholds:\n  Q8_0: {max_kld_mean: 0}\n")
+    return {"f16": out / "gguf" / "edgetune-demo-F16.gguf",
+            "q8": out / "quants" / "edgetune-demo-Q8_0.gguf",
+            "q4": out / "quants" / "edgetune-demo-Q4_K_M.gguf",
+            "imatrix": out / "quants" / "imatrix.gguf",
+            "data": ["--data", rows, "--all-rows"], "lax": lax, "strict": strict,
+            "out": tmp_path / "eval-out"}
+
+
+def _eval(*args) -> click.testing.Result:
+    return _run("eval", *args)
+
+
+@pytest.mark.slow
+def test_eval_writes_the_report_and_prints_the_tables(eval_inputs: dict):
+    from edgetune.report import markdown_table, quant_chart
+
+    e, out = eval_inputs, eval_inputs["out"]
+    result = _eval(e["f16"], e["q8"], *e["data"], "--target", e["lax"], "--out", out)
+    assert result.exit_code == 0, result.stderr
+    _no_traceback(result)
+    assert result.stdout == ""  # like build: human output on stderr
+    assert "Quants vs F16 on held-out data (target tiny)" in result.stderr
+    assert f"Report: {out / 'eval.json'} (table: eval.md, chart: eval.png)" in \
+        result.stderr.splitlines()
+    assert sorted(os.listdir(out)) == ["artifact.json", "eval.json", "eval.md", "eval.png"]
+    report = json.loads((out / "eval.json").read_text())
+    assert list(report["quants"]) == ["F16", "Q8_0"]
+    assert (report["target"], report["eval_ctx"], report["context_length"]) == ("tiny", 64, 512)
+    assert report["task_rows"] == 3 and report["gates_passed"] is True
+    f16, q8 = report["quants"]["F16"], report["quants"]["Q8_0"]
+    assert (f16["file"], q8["file"]) == ("edgetune-demo-F16.gguf", "edgetune-demo-Q8_0.gguf")
+    assert q8["size_bytes"] == e["q8"].stat().st_size
+    assert 0 < q8["kld_mean"] < 0.01 and 0.9 < q8["top1"] <= 1 and q8["ppl_base"] == f16["ppl"]
+    assert q8["task_total"] == 3 and q8["decode_tps"] > 0 and q8["gate_passed"] is True
+    assert (out / "eval.md").read_text() == markdown_table(report)
+    assert (out / "eval.png").read_bytes() == quant_chart(report, out.parent / "c.png").read_bytes()
+    again = _eval(e["f16"], e["q8"], *e["data"], "--target", e["lax"], "--out", out)
+    assert again.exit_code == 1
+    assert _err_lines(again) == [f"Error: {out} already exists",
+                                 "Hint: choose another --out directory or pass --overwrite"]
+
+
+@pytest.mark.slow
+def test_eval_json_on_a_gate_failure(eval_inputs: dict):
+    e, out = eval_inputs, eval_inputs["out"]
+    result = _eval(e["f16"], e["q8"], *e["data"], "--target", e["strict"], "--out", out, "--json")
+    assert result.exit_code == 1, result.stderr
+    _no_traceback(result)
+    report = json.loads(result.stdout)  # stdout is eval.json and nothing else
+    assert result.stdout == (out / "eval.json").read_text()
+    assert report["gates_passed"] is False and report["accepted_gate_failure"] is False
+    assert report["quants"]["Q8_0"]["gate"]["reasons"][0].startswith("mean KLD ")
+    assert "Failed quality gates" in result.stderr and "mean KLD" in result.stderr
+    assert _err_lines(result) == [
+        "Error: 1 of 1 quants failed the gates for target 'tiny-strict': Q8_0",
+        "Hint: see the tables above and eval.md; choose another --target, or pass "
+        "--accept-gate-failure to exit 0 anyway (recorded in eval.json)"]
+    assert "**FAIL**" in (out / "eval.md").read_text() and (out / "eval.png").is_file()
+
+    accepted = _eval(e["f16"], e["q8"], *e["data"], "--target", e["strict"], "--out", out,
+                     "--overwrite", "--accept-gate-failure", "--json")
+    assert accepted.exit_code == 0, accepted.stderr
+    report = json.loads(accepted.stdout)
+    assert report["gates_passed"] is False and report["accepted_gate_failure"] is True
+    assert "shipped anyway" in (out / "eval.md").read_text()
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(".")] == []  # no scratch
+
+
+def _fake_quant(path: Path, tokens=("<unk>", "<s>", "</s>", "a"), **kwargs) -> Path:
+    from tests.test_report import fake_gguf
+
+    return fake_gguf(path, tokens=tokens, **kwargs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["missing", "folder", "not-gguf", "f16-as-quant", "quant-first",
+                                  "twice", "imatrix", "vocab", "architecture",
+                                  "too-little-text"])
+def test_eval_refuses_bad_input_before_measuring(case: str, eval_inputs: dict, tmp_path: Path):
+    e = eval_inputs
+    f16, q8 = e["f16"], e["q8"]
+    args, target = [f16, q8], e["lax"]
+    if case == "missing":
+        args = [f16, tmp_path / "nope.gguf"]
+        expected = [f"Error: {tmp_path / 'nope.gguf'}: file not found",
+                    "Hint: Check the path; it is relative to the current directory."]
+    elif case == "folder":
+        args = [f16, tmp_path]
+        expected = [f"Error: {tmp_path}: is a folder, not a GGUF file",
+                    "Hint: Check the path; it is relative to the current directory."]
+    elif case == "not-gguf":
+        args = [_write(tmp_path / "model.gguf", "PK not a gguf"), q8]
+        expected = [f"Error: {tmp_path / 'model.gguf'}: not a GGUF file",
+                    "Hint: Pass .gguf files made by llama.cpp (edgetune build writes them to "
+                    "gguf/ and quants/)."]
+    elif case == "f16-as-quant":
+        args = [f16, q8, f16]
+        expected = [f"Error: {f16}: is the unquantised F16 model, not a quant",
+                    "Hint: Pass the F16 GGUF once, first, and only quantised GGUFs after it."]
+    elif case == "quant-first":
+        args = [e["q4"], q8]
+        expected = [f"Error: {e['q4']}: the first file must be the unquantised reference "
+                    "(F16, BF16 or F32), not Q4_K_M",
+                    "Hint: Pass the F16 GGUF first, then the quantised GGUFs."]
+    elif case == "twice":
+        args = [f16, q8, q8]
+        expected = [f"Error: {q8} and {q8} are both Q8_0",
+                    "Hint: Evaluate them in separate runs, each with its own --out."]
+    elif case == "imatrix":
+        args = [f16, e["imatrix"]]
+        expected = [f"Error: {e['imatrix']}: is a GGUF imatrix, not a model",
+                    "Hint: Pass the F16 GGUF and quantised model GGUFs."]
+    elif case == "vocab":
+        args = [f16, _fake_quant(tmp_path / "other-Q8_0.gguf")]
+        expected = ["Error: other-Q8_0.gguf does not share edgetune-demo-F16.gguf's vocabulary",
+                    "Hint: Compare each quant with the F16 GGUF it was quantised from (KL "
+                    "divergence compares them token by token)."]
+    elif case == "architecture":
+        import gguf
+
+        field = gguf.GGUFReader(str(f16)).fields["tokenizer.ggml.tokens"]
+        tokens = [bytes(field.parts[i]).decode() for i in field.data]
+        args = [f16, _fake_quant(tmp_path / "qwen-Q8_0.gguf", tokens, architecture="qwen2")]
+        expected = ["Error: qwen-Q8_0.gguf does not share edgetune-demo-F16.gguf's architecture",
+                    "Hint: Compare each quant with the F16 GGUF it was quantised from (KL "
+                    "divergence compares them token by token)."]
+    else:
+        target = "phone"  # chunks of 512 tokens: three questions are too few
+        expected = ["Error: the 3 held-out rows make 522 tokens; measuring KL divergence at the "
+                    "target's eval_context of 512 needs at least 1024",
+                    "Hint: add rows (--all-rows uses every row of --data) or choose a target with "
+                    "a smaller eval_context"]
+    start = time.monotonic()
+    result = _eval(*args, *e["data"], "--target", target, "--out", e["out"])
+    assert time.monotonic() - start < 5, "bad input must fail before any measuring"
+    assert result.exit_code == 1, result.output
+    assert result.stdout == ""
+    assert _err_lines(result) == expected
+    _no_traceback(result)
+    assert not e["out"].exists()
+
+
+def test_eval_usage_errors(tmp_path: Path):
+    one = _eval(tmp_path / "F16.gguf")
+    assert one.exit_code == 2 and "Missing argument 'QUANTS...'" in one.stderr
+    rows = _eval(tmp_path / "F16.gguf", tmp_path / "Q4.gguf", "--all-rows")
+    assert rows.exit_code == 2 and "--all-rows needs --data" in rows.stderr
+    bad = _eval(tmp_path / "F16.gguf", tmp_path / "Q4.gguf", "--target", "nosuch", "--out",
+                tmp_path / "out")
+    assert bad.exit_code == 1 and _err_lines(bad)[0] == "Error: unknown target 'nosuch'"
+    assert not (tmp_path / "out").exists()

@@ -20,7 +20,8 @@ def test_demo_build_produces_a_verified_bundle(demo_build):
     bundle = out / "bundle"
     names = sorted(p.name for p in bundle.iterdir())
     assert names == ["README.md", "edgetune-demo-Q4_K_M.gguf", "edgetune-demo-Q5_K_M.gguf",
-                     "edgetune-demo-Q8_0.gguf", "edgetune.json", "eval.json", "model.sig"]
+                     "edgetune-demo-Q8_0.gguf", "edgetune.json", "eval.json", "eval.md", "eval.png",
+                     "model.sig"]
     manifest = json.loads((bundle / "edgetune.json").read_text())
     assert {a["quant"] for a in manifest["artifacts"]} == {"Q4_K_M", "Q5_K_M", "Q8_0"}
     assert manifest["training"]["method"] == "grpo" and manifest["training"]["steps"] == 6
@@ -30,7 +31,7 @@ def test_demo_build_produces_a_verified_bundle(demo_build):
     for metrics in report["quants"].values():
         assert metrics["ppl"] > 1 and metrics["decode_tps"] > 0 and metrics["prefill_tps"] > 0
     assert report["quants"]["Q8_0"]["ppl_ratio"] == pytest.approx(1.0, abs=0.01)
-    assert verify_bundle(bundle, public_key).files == 6
+    assert verify_bundle(bundle, public_key).files == 8
     assert "Bundle:" in result.stderr and "edgetune verify" in result.stderr
     # The private key never lands in an artifact.
     assert not list(out.rglob("*.key"))
@@ -120,6 +121,8 @@ def test_a_failed_gate_stops_the_build_with_the_reason(demo_base, tmp_path):
     report = json.loads((out / "eval" / "eval.json").read_text())  # kept for inspection
     assert report["gates_passed"] is False and report["quants"]["Q4_K_M"]["gate_passed"] is False
     assert report["quants"]["Q8_0"]["gate_passed"] is True
+    assert "- Q4_K_M: top-1 agreement" in (out / "eval" / "eval.md").read_text()
+    assert (out / "eval" / "eval.png").is_file()
     assert not (out / "bundle").exists()
 
 
