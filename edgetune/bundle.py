@@ -1,7 +1,8 @@
 """Build and verify signed edgetune bundles (layout and rules: ``mobile_bundle/SPEC.md``).
 
 A bundle holds the quantised GGUFs, ``edgetune.json``, ``README.md``, ``eval.json``, ``eval.md``,
-``eval.png`` and ``model.sig`` and nothing else: unsigned extra files fail verification.
+``eval.png``, the persona files for phone apps and Ollama (``edgetune.personas``) and
+``model.sig``, and nothing else: unsigned extra files fail verification.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from edgetune import report, signing
+from edgetune import personas, report, signing
 from edgetune.artifacts import Bundle, atomic_dir, write_json_atomic
 from edgetune.errors import ConfigError, EdgetuneError, ModelError, VerificationError
 
@@ -70,6 +71,15 @@ class BundleInfo:
     eval_results: dict
     license_terms: str = "All rights reserved by the creator."
     sampling: dict = field(default_factory=lambda: {"temperature": 0.6, "top_p": 0.95})
+    suggested_prompts: tuple[str, ...] = ()
+    persona_description: str = ""
+    bos_token: str | None = None  # the tokenizer's BOS text (LLMFarm needs it for some templates)
+    hf_repo: str | None = None  # "user/repo" once published: PocketPal selects the model by it
+
+    def persona(self) -> personas.Persona:
+        return personas.Persona(name=self.name, system_prompt=self.system_prompt,
+                                greeting=self.greeting, suggested_prompts=self.suggested_prompts,
+                                description=self.persona_description)
 
 
 @dataclass(frozen=True)
@@ -225,7 +235,22 @@ def _artifact(model: BundleModel, path: str, sha256: str, size: int) -> dict:
             "ram_needed_bytes": model.ram_needed_bytes}
 
 
-def _manifest(info: BundleInfo, key_id: str, created: str, artifacts: list[dict]) -> dict:
+# Which app reads which persona file (manifest persona.files; SPEC.md "Personas").
+_PERSONA_APPS = {personas.POCKETPAL_FILE: "pocketpal", personas.CHARACTER_CARD_FILE: "character_card_v2",
+                 personas.LLMFARM_FILE: "llmfarm", "Modelfile": "ollama_modelfile",
+                 "template": "ollama_template", "system": "ollama_system", "params": "ollama_params"}
+
+
+def _persona_files(info: BundleInfo, main_file: str) -> dict[str, bytes]:
+    return personas.persona_files(
+        info.persona(), chat_template=info.chat_template, stop_strings=info.stop_strings,
+        sampling=info.sampling, default_context=info.default_context, model_file=main_file,
+        creator=info.creator_name, version=info.version, bos_token=info.bos_token,
+        hf_repo=info.hf_repo)
+
+
+def _manifest(info: BundleInfo, key_id: str, created: str, artifacts: list[dict],
+              persona_paths: Sequence[str] = ()) -> dict:
     return {
         "schema_version": SCHEMA_VERSION, "bundle_id": info.bundle_id, "version": info.version,
         "created": created, "name": info.name,
@@ -238,7 +263,8 @@ def _manifest(info: BundleInfo, key_id: str, created: str, artifacts: list[dict]
                     "default_context": info.default_context,
                     "sampling": _finite(dict(info.sampling))},
         "persona": {"name": info.name, "system_prompt": info.system_prompt,
-                    "greeting": info.greeting},
+                    "greeting": info.greeting, "suggested_prompts": list(info.suggested_prompts),
+                    "files": {_PERSONA_APPS.get(path, path): path for path in persona_paths}},
         "eval": _eval_summary(_finite(info.eval_results)),
         "license_terms": info.license_terms,
     }
@@ -264,6 +290,8 @@ def build_bundle(out: Path, info: BundleInfo, models: Sequence[BundleModel], *,
                                               for m, n in zip(models, names)])
     if err := _schema_error(probe):  # user input: fail before copying gigabytes
         raise ConfigError(f"invalid bundle settings: {err}", "See mobile_bundle/SPEC.md.")
+    main_file = next((n for m, n in zip(models, names) if m.quant == "Q4_K_M"), names[0])
+    persona_files = _persona_files(info, main_file)  # user input too: checked before copying
     eval_results = _finite(info.eval_results)
     readable = {**eval_results, "quants": _quants(eval_results)}  # eval.md, eval.png, the card
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -273,22 +301,60 @@ def build_bundle(out: Path, info: BundleInfo, models: Sequence[BundleModel], *,
             say(f"copying {m.quant}: {m.source} -> {name}")
             sha, size = _copy_hashed(Path(m.source), tmp / name)
             artifacts.append(_artifact(m, name, sha, size))
-        say("writing eval.json, eval.md, eval.png, README.md and edgetune.json")
+        say("writing persona files, eval.json, eval.md, eval.png, README.md and edgetune.json")
+        for rel, content in persona_files.items():
+            target = tmp / rel
+            target.parent.mkdir(mode=0o755, exist_ok=True)
+            os.chmod(target.parent, 0o755)
+            target.write_bytes(content)
         write_json_atomic(tmp / EVAL_FILE, eval_results)
         report.write_reports(tmp, readable)
         (tmp / README_FILE).write_text(_model_card(info, artifacts, key_id, readable),
                                        encoding="utf-8")
-        manifest = _manifest(info, key_id, created, artifacts)
+        manifest = _manifest(info, key_id, created, artifacts, list(persona_files))
         if err := _schema_error(manifest):
             raise EdgetuneError(f"internal error: the manifest breaks its schema: {err}",
                                 "This is a bug in edgetune; please report it.")
         write_json_atomic(tmp / MANIFEST_FILE, manifest)
-        for name in [*names, EVAL_FILE, EVAL_TABLE_FILE, EVAL_CHART_FILE, README_FILE,
-                     MANIFEST_FILE]:
+        for name in [*names, *persona_files, EVAL_FILE, EVAL_TABLE_FILE, EVAL_CHART_FILE,
+                     README_FILE, MANIFEST_FILE]:
             os.chmod(tmp / name, 0o644)
         say("signing")
         signing.sign_bundle(tmp, private_key, passphrase)
     return Bundle(path=out, bundle_id=info.bundle_id, version=info.version, key_id=key_id)
+
+
+def resign_bundle(bundle: Path, private_key: Path, passphrase: str | None = None) -> Bundle:
+    """Sign ``bundle`` again after an edit: refresh each artifact's sha256 and size and the
+    creator key id in the manifest, then rewrite ``model.sig`` over every file.
+
+    For a creator who fixed a model card, swapped a persona file or re-quantised a GGUF in
+    place; the result must still pass ``verify_bundle`` (checked before returning).
+    """
+    root = Path(bundle).resolve()
+    path = root / MANIFEST_FILE
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: cannot read the manifest ({e})",
+                          "Sign a bundle folder written by edgetune build.") from None
+    if err := _schema_error(manifest):
+        raise ConfigError(f"{path}: {err}", "Fix the manifest (see mobile_bundle/SPEC.md).")
+    for art in manifest["artifacts"]:
+        if _escapes(root, art["path"]) or not (root / art["path"]).is_file():
+            raise ConfigError(f"{art['path']}: listed in the manifest but not in the bundle",
+                              "Restore the file or remove its entry from edgetune.json.")
+        art["sha256"], art["size"] = signing.sha256_file(root / art["path"]), \
+            (root / art["path"]).stat().st_size
+    manifest["creator"]["key_id"] = _key_id_from_private(Path(private_key), passphrase)
+    write_json_atomic(path, manifest)
+    os.chmod(path, 0o644)
+    signing.sign_bundle(root, private_key, passphrase)
+    public = Path(private_key).with_suffix(".pub")
+    if public.is_file():
+        verify_bundle(root, public)
+    return Bundle(path=root, bundle_id=manifest["bundle_id"], version=manifest["version"],
+                  key_id=manifest["creator"]["key_id"])
 
 
 def _escapes(root: Path, rel: str) -> bool:

@@ -347,73 +347,6 @@ def _stdout_for_results():
     return contextlib.redirect_stdout(sys.stderr)
 
 
-@cli.group()
-def keys() -> None:
-    """Signing keys (ECDSA P-256) for bundles."""
-
-
-@keys.command("new")
-@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where to write NAME.key and NAME.pub. Default: ~/.edgetune/keys")
-@click.option("--name", default="edgetune", show_default=True)
-@click.option("--passphrase", is_flag=True,
-              help="Encrypt the private key (asked for, or EDGETUNE_KEY_PASSPHRASE).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing key pair.")
-def keys_new(directory, name, passphrase, overwrite) -> None:
-    """Create a signing key pair (private key file mode 0600).
-
-    \b
-    Example:
-      edgetune keys new --dir keys --name coach
-    """
-    from edgetune import paths
-    from edgetune.signing import generate_keypair
-
-    secret = None
-    if passphrase:
-        secret = os.environ.get("EDGETUNE_KEY_PASSPHRASE") or click.prompt(
-            "Passphrase", hide_input=True, confirmation_prompt=True)
-    pair = generate_keypair(directory or paths.keys_dir(), name, secret, overwrite=overwrite)
-    click.echo(f"private key: {pair.private_key} (keep it secret; never put it in a bundle)")
-    click.echo(f"public key:  {pair.public_key} (share it with your followers)")
-    click.echo(f"key id:      {pair.key_id}")
-
-
-@cli.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--key", "public_key", type=click.Path(path_type=Path), required=True,
-              help="The creator's public key (.pub).")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def verify(bundle, public_key, as_json) -> None:
-    """Check a bundle's signature, every file's hash, and its manifest. Works offline.
-
-    Exits 0 when the bundle is intact; otherwise prints the offending file and exits non-zero
-    (codes are listed in mobile_bundle/SPEC.md).
-
-    \b
-    Example:
-      edgetune verify edgetune-out/bundle --key ~/.edgetune/keys/edgetune.pub
-    """
-    from edgetune.bundle import verify_bundle
-
-    try:
-        result = verify_bundle(bundle, public_key)
-    except EdgetuneError as exc:
-        if as_json:  # scripts always get JSON on stdout, whatever failed
-            click.echo(json.dumps({"ok": False, "error": exc.message,
-                                   "file": getattr(exc, "path", None),
-                                   "exit_code": exc.exit_code}))
-            sys.exit(exc.exit_code)
-        raise
-    if as_json:
-        click.echo(json.dumps({"ok": True, "bundle_id": result.bundle_id, "version": result.version,
-                               "key_id": result.key_id, "files": result.files,
-                               "bytes": result.bytes}))
-    else:
-        click.echo(f"OK: {result.bundle_id} {result.version}, {result.files} files, "
-                   f"{result.bytes:,} bytes, signed by key {result.key_id[:16]}…")
-
-
 @cli.command()
 def targets() -> None:
     """List the device profiles in quant_profiles/.
@@ -435,6 +368,12 @@ def targets() -> None:
         floor = f"{p.min_decode_tps:g} tok/s" if p.min_decode_tps is not None else "none"
         click.echo(f"{name:<{name_w}}  {', '.join(p.quants):<{quants_w}}  ctx {p.context_length:<5} "
                    f"budget {p.memory_budget_mb:>6,} MiB  floor {floor:<10} {p.description}")
+
+
+from edgetune.cli_bundle import keys, license_group, sign, verify  # noqa: E402  (after cli)
+
+for _command in (keys, verify, sign, license_group):
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -1,8 +1,8 @@
 """One error path: every user-facing failure is an EdgetuneError with a hint.
 
 The CLI prints ``Error: <message>`` and ``Hint: <hint>`` and exits with the error's
-``exit_code`` (1, or verify's codes 2-11 listed in mobile_bundle/SPEC.md); set
-``EDGETUNE_DEBUG=1`` to see the traceback instead.
+``exit_code`` (1, or verify's codes listed in mobile_bundle/SPEC.md: 2-11 for the bundle,
+12-16 for a licence); set ``EDGETUNE_DEBUG=1`` to see the traceback instead.
 """
 
 from __future__ import annotations

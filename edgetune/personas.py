@@ -25,7 +25,14 @@ from edgetune.errors import ConfigError
 POCKETPAL_FILE = "personas/pocketpal-pal.json"
 CHARACTER_CARD_FILE = "personas/character-card-v2.json"
 LLMFARM_FILE = "personas/llmfarm-chat.json"
-OLLAMA_DIR = "personas/ollama"
+# Ollama's files at the bundle (= Hugging Face repo) root: `ollama run hf.co/USER/REPO` reads
+# `template`, `system` and `params` from there (hf.co docs, "Use Ollama with any GGUF Model on
+# Hugging Face Hub"); the Modelfile beside them serves `ollama create NAME -f Modelfile`.
+OLLAMA_DIR = ""
+
+
+def _ollama_path(name: str) -> str:
+    return posixpath.join(OLLAMA_DIR, name) if OLLAMA_DIR else name
 # Longest text per field (characters), and most / longest entries of the list fields.
 LIMITS = {"name": 64, "description": 500, "greeting": 2000, "system_prompt": 8000}
 LIST_LIMITS = {"suggested_prompts": (8, 200), "tags": (16, 32)}
@@ -321,7 +328,7 @@ def persona_files(persona: Persona, *, chat_template: str, stop_strings: Sequenc
     # is resolved against the Modelfile's folder, cmd/cmd.go CreateRequest(filepath.Dir(...))).
     ollama_params = {"num_ctx": default_context, "stop": stops, **params}
     lines = [f"# {persona.name} {version} by {creator}, written by edgetune",
-             f"FROM {posixpath.relpath(model_file, OLLAMA_DIR)}",
+             f"FROM ./{posixpath.relpath(model_file, OLLAMA_DIR or '.')}",
              f'TEMPLATE """{template}"""', f'SYSTEM """{system}"""']
     for key, value in sorted(ollama_params.items()):
         for v in value if isinstance(value, list) else [value]:
@@ -332,9 +339,9 @@ def persona_files(persona: Persona, *, chat_template: str, stop_strings: Sequenc
         CHARACTER_CARD_FILE: _json(_character_card(persona, ctx, creator, version)),
         LLMFARM_FILE: _json(_llmfarm(persona, ctx, llmfarm_prompt_format(
             fmt, system, bos_token if fmt.bos else ""))),
-        f"{OLLAMA_DIR}/template": template.encode(), f"{OLLAMA_DIR}/system": system.encode(),
-        f"{OLLAMA_DIR}/params": _json(ollama_params),
-        f"{OLLAMA_DIR}/Modelfile": ("\n".join(lines) + "\n").encode()}
+        _ollama_path("template"): template.encode(), _ollama_path("system"): system.encode(),
+        _ollama_path("params"): _json(ollama_params),
+        _ollama_path("Modelfile"): ("\n".join(lines) + "\n").encode()}
     return dict(sorted(files.items()))
 
 

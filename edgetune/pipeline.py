@@ -36,6 +36,7 @@ class Project:
     columns: Columns = Columns()
     system_prompt: str = ""
     greeting: str = "Hi! Ask me a question."
+    suggested_prompts: tuple[str, ...] = ()  # shown as starters by phone apps (persona files)
     creator: str = "edgetune user"
     base_model_license: str = "other"
     version: str = "0.1.0"
@@ -51,6 +52,8 @@ def demo_project() -> Project:
 
     return Project(name=DEMO_NAME, data=DEMO_DATA, system_prompt=SYSTEM_PROMPT,
                    greeting="Hi! Ask me which number is larger, or a short word problem.",
+                   suggested_prompts=("Which is larger, 9.9 or 9.11?",
+                                      "It is 3 degrees and drops by 8. What is it now?"),
                    creator="edgetune demo", base_model_license="apache-2.0",
                    train=TrainConfig(system_prompt=SYSTEM_PROMPT))
 
@@ -189,6 +192,8 @@ def build(project: Project, profile: QuantProfile, out: Path, *, key: Path | Non
         default_context=profile.context_length,
         system_prompt=project.system_prompt,
         greeting=project.greeting,
+        suggested_prompts=project.suggested_prompts,
+        bos_token=tokenizer.bos_token,
         training={"method": adapter.method, "backend": adapter.backend, "steps": adapter.steps,
                   "dataset_rows": len(splits.train), "rewards": list(project.train.rewards),
                   "effective_config": adapter.effective_config,

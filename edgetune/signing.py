@@ -247,7 +247,8 @@ def signed_digests(bundle: Path) -> dict[str, str]:
         raise _bad_signature("unreadable signature file") from e
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Streamed sha256 of a file (never read whole)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
@@ -269,7 +270,7 @@ def _diagnose(bundle: Path, present: list[str], signed: dict[str, str]) -> Verif
                                  "Remove the extra file or ask the creator to re-sign.",
                                  path=added[0], exit_code=6)
     for rel in present:
-        if _sha256_file(bundle / rel) != signed[rel]:
+        if sha256_file(bundle / rel) != signed[rel]:
             return VerificationError(f"{rel}: content does not match its signed hash",
                                      "Re-download the bundle; this file was altered.",
                                      path=rel, exit_code=5)

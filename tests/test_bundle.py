@@ -37,8 +37,16 @@ from edgetune.signing import SIGNATURE_FILE, generate_keypair, key_id_of, sign_b
 
 QUANTS = ("Q4_K_M", "Q5_K_M", "Q8_0")
 GGUFS = [f"edgetune-demo-{q}.gguf" for q in QUANTS]
+PERSONA_FILES = ["Modelfile", "template", "system", "params", "personas/pocketpal-pal.json",
+                 "personas/character-card-v2.json", "personas/llmfarm-chat.json"]
 EXPECTED_FILES = sorted([*GGUFS, "edgetune.json", "README.md", "eval.json", "eval.md", "eval.png",
-                         SIGNATURE_FILE])
+                         *PERSONA_FILES, SIGNATURE_FILE])
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
 PASSPHRASE = "correct horse battery staple"
 # the shape edgetune.evaluate writes (metric names included), plus a NaN
 EVAL = {"context_length": 40960, "eval_ctx": 512, "bad": float("nan"),
@@ -161,12 +169,29 @@ def test_gguf_file_name_is_sanitised():
 
 
 def test_layout_and_returned_artifact(built: Bundle, keys):
-    assert sorted(os.listdir(built.path)) == EXPECTED_FILES
+    assert _files(built.path) == EXPECTED_FILES
     assert stat.S_IMODE(built.path.stat().st_mode) == 0o755  # shareable, not mkdtemp's 0700
+    assert stat.S_IMODE((built.path / "personas").stat().st_mode) == 0o755
     assert {stat.S_IMODE((built.path / f).stat().st_mode) for f in EXPECTED_FILES} == {0o644}
     assert built.key_id == key_id_of(keys.public_key)
     assert (built.bundle_id, built.version) == ("edgetune-demo", "1.2.0-rc.1+build.5")
     _no_leftovers(built.path.parent)
+
+
+def test_persona_files_point_at_the_bundle_and_its_persona(built: Bundle):
+    """Every app's persona file is listed in the manifest and uses the bundle's Q4_K_M model."""
+    manifest = _manifest(built.path)
+    persona = manifest["persona"]
+    assert sorted(persona["files"].values()) == sorted(PERSONA_FILES)
+    assert persona["files"]["pocketpal"] == "personas/pocketpal-pal.json"
+    modelfile = (built.path / "Modelfile").read_text()
+    q4 = next(a["path"] for a in manifest["artifacts"] if a["quant"] == "Q4_K_M")
+    assert f"FROM ./{q4}\n" in modelfile and (built.path / q4).is_file()
+    assert (built.path / "system").read_text() == persona["system_prompt"]
+    pal = json.loads((built.path / "personas/pocketpal-pal.json").read_text())
+    assert pal["systemPrompt"] == persona["system_prompt"] and pal["name"] == persona["name"]
+    card = json.loads((built.path / "personas/character-card-v2.json").read_text())
+    assert card["data"]["first_mes"] == persona["greeting"]
 
 
 def test_manifest_content_matches_files(built: Bundle, models, keys):
@@ -222,9 +247,9 @@ def test_model_card_accepts_a_list_of_quants_and_missing_results(tmp_path: Path,
                           private_key=keys.private_key).path
     card = (bundle / "README.md").read_text()
     assert "No per-quant results" in card and "| PPL |" not in card and "eval.png" not in card
-    assert sorted(os.listdir(bundle)) == sorted([GGUFS[0], "README.md", "eval.json", "eval.md",
-                                                 "eval.png", "edgetune.json", SIGNATURE_FILE])
-    assert verify_bundle(bundle, keys.public_key).files == 6
+    assert _files(bundle) == sorted([GGUFS[0], "README.md", "eval.json", "eval.md", "eval.png",
+                                     "edgetune.json", *PERSONA_FILES, SIGNATURE_FILE])
+    assert verify_bundle(bundle, keys.public_key).files == 6 + len(PERSONA_FILES)
 
 
 def test_official_model_signing_cli_accepts_bundle(built: Bundle, keys):
@@ -245,8 +270,8 @@ def test_refuses_existing_output_unless_overwrite(built: Bundle, tmp_path: Path,
     messages: list[str] = []
     result = build_bundle(out, _info(version="2.0.0"), models[:1], private_key=keys.private_key,
                           overwrite=True, on_progress=messages.append)
-    assert sorted(os.listdir(out)) == sorted([GGUFS[0], "README.md", "eval.json", "eval.md",
-                                              "eval.png", "edgetune.json", SIGNATURE_FILE])
+    assert _files(out) == sorted([GGUFS[0], "README.md", "eval.json", "eval.md", "eval.png",
+                                  "edgetune.json", *PERSONA_FILES, SIGNATURE_FILE])
     assert verify_bundle(out, keys.public_key).version == result.version == "2.0.0"
     assert messages[-1] == "signing"
     _no_leftovers(tmp_path)

@@ -80,7 +80,8 @@ def _squash(text: str) -> str:
 
 def test_command_tree_is_what_the_tests_cover():
     assert [" ".join(p) for p, _ in ALL_COMMANDS[1:]] == [
-        "build", "eval", "keys", "keys new", "targets", "train", "verify"]
+        "build", "eval", "keys", "keys new", "license", "license issue", "license revoke",
+        "sign", "targets", "train", "verify"]
 
 
 @pytest.mark.parametrize(("path", "command"), ALL_COMMANDS, ids=_ids(ALL_COMMANDS))
@@ -277,9 +278,10 @@ def test_verify_ok(bundle: Path, creator):
     assert result.exit_code == 0, result.stderr
     files = [p for p in bundle.rglob("*") if p.is_file() and p.name != SIGNATURE_FILE]
     size = sum(p.stat().st_size for p in files)
-    assert len(files) == 7  # 2 GGUFs, edgetune.json, README.md, eval.json, eval.md, eval.png
+    # 2 GGUFs, edgetune.json, README.md, eval.json, eval.md, eval.png, 7 persona files
+    assert len(files) == 14
     assert result.stdout.startswith("OK:")
-    assert result.stdout == (f"OK: cli-demo 0.3.1, 7 files, {size:,} bytes, "
+    assert result.stdout == (f"OK: cli-demo 0.3.1, 14 files, {size:,} bytes, "
                              f"signed by key {creator.key_id[:16]}…\n")
     assert result.stderr == ""
     _no_traceback(result)
@@ -291,7 +293,7 @@ def test_verify_ok_json(bundle: Path, creator):
     size = sum(p.stat().st_size for p in bundle.rglob("*")
                if p.is_file() and p.name != SIGNATURE_FILE)
     assert json.loads(result.stdout) == {"ok": True, "bundle_id": "cli-demo", "version": "0.3.1",
-                                         "key_id": creator.key_id, "files": 7, "bytes": size}
+                                         "key_id": creator.key_id, "files": 14, "bytes": size}
 
 
 def test_verify_tampered_file(bundle: Path, creator):

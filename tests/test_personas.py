@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edgetune.errors import ConfigError
-from edgetune.personas import (CHARACTER_CARD_FILE, LLMFARM_FILE, OLLAMA_DIR, POCKETPAL_FILE,
+from edgetune.personas import (CHARACTER_CARD_FILE, LLMFARM_FILE, POCKETPAL_FILE, _ollama_path,
                                Persona, derive_chat_format, llmfarm_prompt_format,
                                ollama_template, persona_files, render_chat_template)
 from edgetune.tinymodel import CHATML_TEMPLATE
@@ -250,14 +250,14 @@ def test_render_chat_template_matches_transformers(family):
 @pytest.mark.parametrize("family, ollama_name", [("chatml", "chatml"), ("qwen2", "chatml"),
                                                   ("llama3", "llama3-instruct"), ("phi3", "phi-3")])
 def test_our_ollama_template_renders_like_ollamas_published_one(family, ollama_name):
-    ours = make_files(family)[f"{OLLAMA_DIR}/template"].decode()
+    ours = make_files(family)[_ollama_path("template")].decode()
     expected = ollama_fixture(f"{ollama_name}.system-user-assistant-user")
     assert ollama_render(ours, OLLAMA_TEST_CHAT) == expected
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_ollama_template_round_trips_the_jinja_template(family):
-    ours = make_files(family)[f"{OLLAMA_DIR}/template"].decode()
+    ours = make_files(family)[_ollama_path("template")].decode()
     # Ollama's runner adds BOS itself (tokenizer.ggml.add_bos_token), so the template has none.
     assert ollama_render(ours, ONE_TURN) == jinja(family, ONE_TURN)
     assert ollama_render(ours, TWO_TURNS) == jinja(family, TWO_TURNS)
@@ -321,9 +321,12 @@ def test_a_template_that_cannot_be_mapped_is_refused_clearly(bad, why):
 def test_files_and_names():
     files = make_files()
     assert sorted(files) == sorted([POCKETPAL_FILE, CHARACTER_CARD_FILE, LLMFARM_FILE,
-                                    *(f"{OLLAMA_DIR}/{n}" for n in
+                                    *(_ollama_path(n) for n in
                                       ("template", "system", "params", "Modelfile"))])
-    assert all(p.startswith("personas/") and isinstance(b, bytes) for p, b in files.items())
+    assert all(isinstance(b, bytes) for b in files.values())
+    # Ollama reads template/system/params at the repo root; the app files live under personas/.
+    assert {p for p in files if "/" not in p} == {"template", "system", "params", "Modelfile"}
+    assert all(p.startswith("personas/") for p in files if "/" in p)
 
 
 def test_pocketpal_pal_has_its_required_fields():
@@ -364,13 +367,13 @@ def test_llmfarm_chat_has_the_fields_llmfarm_force_casts():
 
 def test_ollama_files_and_modelfile():
     files = make_files(sampling={"temperature": 1, "top_p": 0.9})
-    params = json.loads(files[f"{OLLAMA_DIR}/params"])
+    params = json.loads(files[_ollama_path("params")])
     assert set(params) <= set(OLLAMA_OPTIONS)
     check_types(params, {k: OLLAMA_OPTIONS[k] for k in params})
     assert params == {"num_ctx": 4096, "stop": ["<|im_end|>"], "temperature": 1.0, "top_p": 0.9}
-    assert files[f"{OLLAMA_DIR}/system"].decode() == SYSTEM
+    assert files[_ollama_path("system")].decode() == SYSTEM
     # Modelfile grammar (ollama parser/parser.go): INSTRUCTION value; "..." or """...""" values.
-    text = files[f"{OLLAMA_DIR}/Modelfile"].decode()
+    text = files[_ollama_path("Modelfile")].decode()
     command = re.compile(r'(?ms)^#[^\n]*\n|^(FROM|TEMPLATE|SYSTEM|PARAMETER)[ \t]+(?:(\w+)[ \t]+)?'
                          r'(?:"""(.*?)"""(?=\s)|"([^"\n]*)"|([^\s"][^\n]*))\n')
     commands, pos = [], 0
@@ -383,9 +386,9 @@ def test_ollama_files_and_modelfile():
     assert pos == len(text)
     (_, _, source), = [c for c in commands if c[0] == "FROM"]
     # FROM is resolved against the Modelfile's folder (cmd.go: CreateRequest(filepath.Dir(...))).
-    assert posixpath.normpath(posixpath.join(OLLAMA_DIR, source)) == "ChefPip-Q4_K_M.gguf"
+    assert posixpath.normpath(source) == "ChefPip-Q4_K_M.gguf"
     values = {c[0]: c[2] for c in commands if c[0] in ("TEMPLATE", "SYSTEM")}
-    assert values == {"TEMPLATE": files[f"{OLLAMA_DIR}/template"].decode(), "SYSTEM": SYSTEM}
+    assert values == {"TEMPLATE": files[_ollama_path("template")].decode(), "SYSTEM": SYSTEM}
     assert sorted((c[1], c[2]) for c in commands if c[0] == "PARAMETER") == \
         [("num_ctx", "4096"), ("stop", "<|im_end|>"), ("temperature", "1.0"), ("top_p", "0.9")]
 

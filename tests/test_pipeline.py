@@ -18,10 +18,17 @@ from edgetune.errors import ModelError, VerificationError
 def test_demo_build_produces_a_verified_bundle(demo_build):
     out, public_key, result = demo_build
     bundle = out / "bundle"
-    names = sorted(p.name for p in bundle.iterdir())
-    assert names == ["README.md", "edgetune-demo-Q4_K_M.gguf", "edgetune-demo-Q5_K_M.gguf",
-                     "edgetune-demo-Q8_0.gguf", "edgetune.json", "eval.json", "eval.md", "eval.png",
-                     "model.sig"]
+    names = sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file())
+    assert names == ["Modelfile", "README.md", "edgetune-demo-Q4_K_M.gguf",
+                     "edgetune-demo-Q5_K_M.gguf", "edgetune-demo-Q8_0.gguf", "edgetune.json",
+                     "eval.json", "eval.md", "eval.png", "model.sig", "params",
+                     "personas/character-card-v2.json", "personas/llmfarm-chat.json",
+                     "personas/pocketpal-pal.json", "system", "template"]
+    # The persona's system prompt is the one GRPO trained with, in every app's file.
+    from edgetune.demo import SYSTEM_PROMPT
+
+    assert (bundle / "system").read_text() == SYSTEM_PROMPT
+    assert SYSTEM_PROMPT in (bundle / "Modelfile").read_text()
     manifest = json.loads((bundle / "edgetune.json").read_text())
     assert {a["quant"] for a in manifest["artifacts"]} == {"Q4_K_M", "Q5_K_M", "Q8_0"}
     assert manifest["training"]["method"] == "grpo" and manifest["training"]["steps"] == 6
@@ -31,7 +38,7 @@ def test_demo_build_produces_a_verified_bundle(demo_build):
     for metrics in report["quants"].values():
         assert metrics["ppl"] > 1 and metrics["decode_tps"] > 0 and metrics["prefill_tps"] > 0
     assert report["quants"]["Q8_0"]["ppl_ratio"] == pytest.approx(1.0, abs=0.01)
-    assert verify_bundle(bundle, public_key).files == 8
+    assert verify_bundle(bundle, public_key).files == 15  # 3 GGUFs, 5 docs, 7 persona files
     assert "Bundle:" in result.stderr and "edgetune verify" in result.stderr
     # The private key never lands in an artifact.
     assert not list(out.rglob("*.key"))
