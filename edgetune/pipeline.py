@@ -14,7 +14,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from edgetune import paths
 from edgetune.artifacts import Adapter, Bundle
@@ -84,108 +84,281 @@ def build(project: Project, profile: QuantProfile, out: Path, *, key: Path | Non
           accept_gate_failure: bool = False, events: BuildEvents | None = None) -> BuildResult:
     """Run every stage into ``out/<stage>`` and return the signed bundle.
 
-    A quant that fails the profile's quality gates stops the build after evaluation
-    (``GateFailure``) unless ``accept_gate_failure``, which the manifest then records.
-    ``resume`` picks up an interrupted build: finished training stages are reused, a training
-    stage with checkpoints continues from the newest one, later stages are redone.
+    Incremental (``edgetune.stages``): a stage whose inputs are unchanged since it last
+    completed is reused, so a rebuild with nothing changed loads no model, and a new target
+    reruns only what depends on it. ``overwrite`` redoes every stage. ``resume`` continues an
+    interrupted training stage from its newest checkpoint. A quant that fails the profile's
+    quality gates stops the build after evaluation (``GateFailure``) unless
+    ``accept_gate_failure``, which the manifest then records.
     """
-    import json
-
-    from edgetune.bundle import BundleInfo, BundleModel, build_bundle
-    from edgetune.convert import convert
-    from edgetune.evaluate import evaluate
-    from edgetune.gates import GateFailure
-    from edgetune.merge import merge
-    from edgetune.quantise import quantise
-    from edgetune.report import write_reports
+    from edgetune import stages
 
     ev = events or SilentEvents()
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not (overwrite or resume):
+    if out.exists() and any(out.iterdir()) and not (overwrite or resume) \
+            and not (out / stages.STATE_DIR).is_dir():
         raise OutputExistsError(f"{out} already exists",
                                 hint="choose another --out directory, pass --resume to continue an "
                                      "interrupted build, or --overwrite to start again")
     # Bad input fails here, before anything is created (keys, models, output folders).
     ev.stage("data", str(project.data))
+    inputs = _read_inputs(project)
+    ev.stage_done("data", f"{len(inputs.splits.train)} train / {len(inputs.splits.eval)} "
+                          "held-out rows" + (f", {len(inputs.sft_examples)} SFT examples"
+                                             if inputs.sft_examples else ""))
+    private_key, public_key = _signing_key(key, ev)
+    with stages.build_lock(out):
+        if removed := stages.remove_leftovers(out):
+            ev.note(f"removed {len(removed)} unfinished folder(s) of an interrupted build")
+        plans = plan_build(project, profile, out, inputs=inputs, public_key=public_key,
+                           accept_gate_failure=accept_gate_failure)
+        return _run_stages(project, profile, out, plans, inputs, private_key=private_key,
+                           public_key=public_key, passphrase=passphrase, force=overwrite,
+                           resume=resume, accept_gate_failure=accept_gate_failure, ev=ev)
+
+
+@dataclass(frozen=True)
+class BuildInputs:
+    rows: tuple
+    splits: Any
+    sft_examples: tuple | None
+
+
+def _read_inputs(project: Project) -> BuildInputs:
     rows = load_qa(project.data, project.columns).rows
     splits = split_qa(rows, eval_fraction=project.eval_fraction)
     sft_examples = None
     if project.sft_data is not None:
         from edgetune.sft_data import load_sft
 
-        sft_examples = load_sft(project.sft_data, format=project.sft_format,
-                                system_prompt=project.system_prompt).examples
-    ev.stage_done("data", f"{len(splits.train)} train / {len(splits.eval)} held-out rows"
-                  + (f", {len(sft_examples)} SFT examples" if sft_examples else ""))
-    from edgetune.backends import preload_backend
+        sft_examples = tuple(load_sft(project.sft_data, format=project.sft_format,
+                                      system_prompt=project.system_prompt).examples)
+    return BuildInputs(rows=rows, splits=splits, sft_examples=sft_examples)
 
-    # Unsloth must load before transformers does.
-    preload_backend(project.train.backend, project.base_model, project.train)
-    private_key, public_key = _signing_key(key, ev)
-    redo = overwrite or resume  # later stages are cheap and always redone on --resume
 
-    base_model = project.base_model or build_demo_base(ev)
+def plan_build(project: Project, profile: QuantProfile, out: Path, *,
+               inputs: BuildInputs | None = None, public_key: Path | None = None,
+               accept_gate_failure: bool = False) -> list:
+    """Every stage with its output folder and input key; loads no model (``edgetune status``)."""
+    import edgetune
+    from edgetune import stages
+    from edgetune.checkpoints import data_digest
+
+    inputs = inputs or _read_inputs(project)
+    out = Path(out)
+    if project.base_model is None:
+        from edgetune.demo.model import RECIPE_VERSION
+
+        base = {"demo_recipe": RECIPE_VERSION}  # built deterministically from the recipe
+    elif Path(project.base_model).expanduser().is_dir():
+        base = stages.model_fingerprint(Path(project.base_model).expanduser())
+    else:
+        base = {"hub_id": project.base_model}
+    train_tools = stages.tool_versions(stages.TRAIN_TOOLS)
+    llama_tools = stages.tool_versions(stages.LLAMA_TOOLS)
+    persona = {"system_prompt": project.system_prompt}
+    plans: list = []
+
+    def add(name: str, folder: str, **fields) -> str:
+        upstream = plans[-1].key if plans else None
+        entries = {"upstream": upstream, "edgetune": edgetune.__version__, **fields}
+        plan = stages.StagePlan(name, out / folder, stages.digest({"stage": name, **entries}),
+                                {k: stages.digest(v) for k, v in entries.items()})
+        plans.append(plan)
+        return plan.key
+
+    train_config = dataclasses.asdict(project.train)
+    train_config.pop("checkpoint_every")  # how often to save does not change the adapter
+    if inputs.sft_examples:
+        add("sft", "sft-adapter", base=base, data=data_digest(inputs.sft_examples),
+            settings=[train_config, project.sft_steps], tools=train_tools)
+    add("train", "adapter", base=base, data=data_digest(inputs.splits.train),
+        settings=train_config, tools=train_tools)
+    add("merge", "merged", tools=train_tools)
+    add("convert", "gguf", parity=[data_digest(inputs.splits.eval), persona], tools=llama_tools)
+    add("quantise", "quants", quants=[list(profile.quants), list(profile.imatrix_quants)],
+        calibration=[data_digest(inputs.splits.calibration), persona], tools=llama_tools)
+    add("evaluate", "eval", target=dataclasses.asdict(profile),
+        held_out=[data_digest(inputs.splits.eval), persona, project.train.answer_format],
+        accept_gate_failure=accept_gate_failure, tools=llama_tools)
+    key_id = (stages.digest(Path(public_key).read_bytes())
+              if public_key and Path(public_key).is_file() else None)
+    add("bundle", "bundle", project={f.name: getattr(project, f.name) for f in
+                                     dataclasses.fields(project)
+                                     if f.name not in ("train", "data", "sft_data")},
+        key=key_id)
+    return plans
+
+
+def _run_stages(project, profile, out, plans, inputs, *, private_key, public_key, passphrase,
+                force, resume, accept_gate_failure, ev) -> BuildResult:
+    import json
+
+    from edgetune import stages
+    from edgetune.artifacts import Adapter, EvalReport, GgufModel, MergedModel, QuantizedModels
+    from edgetune.artifacts import Bundle as BundleArtifact
+
+    stamps = stages.Stamps(out)
+    plan = {p.name: p for p in plans}
+    rebuilt = False  # once a stage reruns, every later one does (its input changed)
+
+    def reuse(name: str) -> bool:
+        nonlocal rebuilt
+        if not force and not rebuilt and stamps.fresh(plan[name]):
+            return True
+        rebuilt = True
+        stamps.clear(name)
+        return False
+
+    splits, sft_examples = inputs.splits, inputs.sft_examples
+    need_model = any(not stamps.fresh(p) for p in plans) or force
+    if need_model:
+        from edgetune.backends import preload_backend
+
+        # Unsloth must load before transformers does.
+        preload_backend(project.train.backend, project.base_model, project.train)
+    base_model = project.base_model or (build_demo_base(ev) if need_model else "")
+
     init_adapter = None
     if sft_examples:
-        sft_cfg = dataclasses.replace(project.train, method="sft", steps=project.sft_steps)
-        ev.stage("sft", f"SFT warm start, {sft_cfg.steps} steps")
-        sft = _train_stage(base_model, sft_examples, sft_cfg, out / "sft-adapter", None,
-                           overwrite=overwrite, resume=resume, ev=ev, stage="sft")
-        ev.stage_done("sft", f"{sft.steps} steps on {sft.effective_config.get('device')}")
+        ev.stage("sft", f"SFT warm start, {project.sft_steps} steps")
+        if reuse("sft"):
+            sft = Adapter.load(plan["sft"].folder)
+            ev.stage_done("sft", "up to date")
+        else:
+            sft_cfg = dataclasses.replace(project.train, method="sft", steps=project.sft_steps)
+            sft = _train_stage(base_model, sft_examples, sft_cfg, plan["sft"].folder, None,
+                               resume=resume, ev=ev, stage="sft")
+            stamps.write(plan["sft"])
+            ev.stage_done("sft", f"{sft.steps} steps on {sft.effective_config.get('device')}")
         init_adapter = sft.path
+
     ev.stage("train", f"GRPO, {project.train.steps} steps")
-    adapter = _train_stage(base_model, splits.train, project.train, out / "adapter", init_adapter,
-                           overwrite=overwrite, resume=resume, ev=ev, stage="train")
-    ev.stage_done("train", f"{adapter.steps} steps on {adapter.effective_config.get('device')}")
-    overwrite = redo
+    if reuse("train"):
+        adapter = Adapter.load(plan["train"].folder)
+        ev.stage_done("train", "up to date")
+    else:
+        adapter = _train_stage(base_model, splits.train, project.train, plan["train"].folder,
+                               init_adapter, resume=resume, ev=ev, stage="train")
+        stamps.write(plan["train"])
+        ev.stage_done("train", f"{adapter.steps} steps on {adapter.effective_config.get('device')}")
 
     ev.stage("merge")
-    merged = merge(adapter, out / "merged", overwrite=overwrite)
-    ev.stage_done("merge", f"max weight change {merged.max_weight_delta:.2e}")
+    if reuse("merge"):
+        merged = MergedModel.load(plan["merge"].folder)
+        ev.stage_done("merge", "up to date")
+    else:
+        from edgetune.merge import merge
 
-    from edgetune.hf import load_tokenizer
+        merged = merge(adapter, plan["merge"].folder, overwrite=True)
+        stamps.write(plan["merge"])
+        ev.stage_done("merge", f"max weight change {merged.max_weight_delta:.2e}")
 
-    tokenizer = load_tokenizer(merged.path)
-    held_out = [_chat_text(tokenizer, project, r) for r in splits.eval]
+    texts = _TextsFor(merged.path, project, splits)
     file_name = _file_stem(project.name)
     ev.stage("convert", "F16 GGUF + parity checks")
-    f16 = convert(merged.path, out / "gguf", name=file_name, parity_texts=held_out,
-                  overwrite=overwrite)
-    ev.stage_done("convert", f"logit KLD {f16.logit_parity['mean_kld']:.1e}, "
-                             f"top-1 {f16.logit_parity['top1']:.1%}")
+    if reuse("convert"):
+        f16 = GgufModel.load(plan["convert"].folder)
+        ev.stage_done("convert", "up to date")
+    else:
+        from edgetune.convert import convert
+
+        f16 = convert(merged.path, plan["convert"].folder, name=file_name,
+                      parity_texts=texts.held_out(), overwrite=True)
+        stamps.write(plan["convert"])
+        ev.stage_done("convert", f"logit KLD {f16.logit_parity['mean_kld']:.1e}, "
+                                 f"top-1 {f16.logit_parity['top1']:.1%}")
 
     ev.stage("quantise", ", ".join(profile.quants))
-    # The domain imatrix is calibrated on the calibration split, never on the held-out rows.
-    calibration = [_chat_text(tokenizer, project, r) for r in splits.calibration]
-    quants = quantise(f16, profile.quants, out / "quants", name=file_name, overwrite=overwrite,
-                      imatrix_texts=calibration, imatrix_quants=profile.imatrix_quants,
-                      on_progress=lambda q, i, n: ev.progress("quantise", i, n, q))
-    ev.stage_done("quantise", ", ".join(f"{q}{' (imatrix)' if q in quants.without_imatrix else ''}"
-                                        for q in quants.files))
+    if reuse("quantise"):
+        quants = QuantizedModels.load(plan["quantise"].folder)
+        ev.stage_done("quantise", "up to date")
+    else:
+        from edgetune.quantise import quantise
 
-    ev.stage("evaluate", f"{len(held_out)} held-out rows")
-    try:
-        report = evaluate(f16, quants, held_out, out / "eval",
-                          context_length=profile.context_length, n_ctx=profile.eval_context,
-                          overwrite=overwrite, qa_rows=splits.eval,
-                          system_prompt=project.system_prompt,
-                          answer_format=project.train.answer_format, profile=profile,
-                          accept_gate_failure=accept_gate_failure,
-                          on_progress=lambda q, i, n: ev.progress("evaluate", i, n, q))
-    except GateFailure:  # the report is written; eval.md and eval.png show what failed
-        write_reports(out / "eval", json.loads((out / "eval" / "eval.json").read_text()))
-        raise
+        # The domain imatrix is calibrated on the calibration split, never on held-out rows.
+        quants = quantise(f16, profile.quants, plan["quantise"].folder, name=file_name,
+                          overwrite=True, imatrix_texts=texts.calibration(),
+                          imatrix_quants=profile.imatrix_quants,
+                          on_progress=lambda q, i, n: ev.progress("quantise", i, n, q))
+        stamps.write(plan["quantise"])
+        ev.stage_done("quantise", ", ".join(
+            f"{q}{' (imatrix)' if q in quants.without_imatrix else ''}" for q in quants.files))
+
+    ev.stage("evaluate", f"{len(splits.eval)} held-out rows")
+    if reuse("evaluate"):
+        report = EvalReport.load(plan["evaluate"].folder)
+        ev.stage_done("evaluate", "up to date")
+    else:
+        from edgetune.evaluate import evaluate
+        from edgetune.gates import GateFailure
+        from edgetune.report import write_reports
+
+        folder = plan["evaluate"].folder
+        try:
+            report = evaluate(f16, quants, texts.held_out(), folder,
+                              context_length=profile.context_length, n_ctx=profile.eval_context,
+                              overwrite=True, qa_rows=splits.eval,
+                              system_prompt=project.system_prompt,
+                              answer_format=project.train.answer_format, profile=profile,
+                              accept_gate_failure=accept_gate_failure,
+                              on_progress=lambda q, i, n: ev.progress("evaluate", i, n, q))
+        except GateFailure:  # the report is written; eval.md and eval.png show what failed
+            write_reports(folder, json.loads((folder / "eval.json").read_text()))
+            raise
+        write_reports(report.path, json.loads((report.path / report.file).read_text()))
+        stamps.write(plan["evaluate"])
+        ev.stage_done("evaluate")
     eval_results = json.loads((report.path / report.file).read_text())
-    write_reports(report.path, eval_results)
-    ev.stage_done("evaluate")
 
     ev.stage("bundle", "manifest, model card, signature")
+    if reuse("bundle"):
+        folder = plan["bundle"].folder
+        manifest = json.loads((folder / "edgetune.json").read_text())
+        bundle = BundleArtifact(path=folder, bundle_id=manifest["bundle_id"],
+                                version=manifest["version"], key_id=manifest["creator"]["key_id"])
+        ev.stage_done("bundle", f"{folder} (up to date)")
+    else:
+        bundle = _bundle_stage(project, profile, plan["bundle"].folder, adapter, f16, quants,
+                               eval_results, splits, sft_examples, texts.tokenizer(), base_model,
+                               file_name, private_key, passphrase)
+        stamps.write(plan["bundle"])
+        ev.stage_done("bundle", str(bundle.path))
+    return BuildResult(bundle=bundle, public_key=public_key, eval_report=eval_results)
+
+
+class _TextsFor:
+    """Held-out and calibration conversations, rendered only when a stage needs them (loading
+    the tokenizer imports transformers, which an up-to-date rebuild never does)."""
+
+    def __init__(self, model_dir: Path, project: Project, splits):
+        self.model_dir, self.project, self.splits = model_dir, project, splits
+        self._tokenizer = None
+
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from edgetune.hf import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.model_dir)
+        return self._tokenizer
+
+    def held_out(self) -> list[str]:
+        return [_chat_text(self.tokenizer(), self.project, r) for r in self.splits.eval]
+
+    def calibration(self) -> list[str]:
+        return [_chat_text(self.tokenizer(), self.project, r) for r in self.splits.calibration]
+
+
+def _bundle_stage(project, profile, folder, adapter, f16, quants, eval_results, splits,
+                  sft_examples, tokenizer, base_model, file_name, private_key, passphrase):
+    from edgetune.bundle import BundleInfo, BundleModel, build_bundle
+
     info = BundleInfo(
         name=file_name,
         bundle_id=_bundle_id(project.name),
         version=project.version,
         creator_name=project.creator,
-        base_model=_base_name(base_model),
+        base_model=_base_name(base_model or "demo-base"),
         base_model_license=project.base_model_license,
         chat_template=tokenizer.chat_template or "",
         stop_strings=tuple(s for s in [tokenizer.eos_token] if s),
@@ -205,23 +378,17 @@ def build(project: Project, profile: QuantProfile, out: Path, *, key: Path | Non
                           context_length=profile.context_length,
                           ram_needed_bytes=eval_results["quants"][q]["ram_needed_bytes"])
               for q in quants.files]
-    bundle = build_bundle(out / "bundle", info, models, private_key=private_key,
-                          passphrase=passphrase, overwrite=overwrite)
-    ev.stage_done("bundle", str(bundle.path))
-    return BuildResult(bundle=bundle, public_key=public_key, eval_report=eval_results)
+    return build_bundle(folder, info, models, private_key=private_key, passphrase=passphrase,
+                        overwrite=True)
 
 
 def _train_stage(base_model: str, data, config: TrainConfig, out: Path, init_adapter: Path | None, *,
-                 overwrite: bool, resume: bool, ev: BuildEvents, stage: str) -> Adapter:
-    from edgetune.artifacts import ARTIFACT_FILE
+                 resume: bool, ev: BuildEvents, stage: str) -> Adapter:
     from edgetune.train import checkpoint_dir, last_checkpoint, train
 
-    if resume and not overwrite and (out / ARTIFACT_FILE).is_file():
-        ev.note(f"{stage}: reusing the finished adapter in {out}")
-        return Adapter.load(out)
     continuing = resume and last_checkpoint(checkpoint_dir(out)) is not None
     return train(base_model, data, config, out, init_adapter=init_adapter, resume=continuing,
-                 overwrite=overwrite or resume,
+                 overwrite=True,
                  on_step=lambda s: ev.progress(stage, s.step, s.total, step_detail(s)),
                  on_note=ev.note)
 

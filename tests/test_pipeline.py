@@ -78,12 +78,16 @@ def test_one_flipped_byte_fails_and_names_the_file(demo_build, tmp_path, victim)
 
 
 @pytest.mark.slow
-def test_rebuild_into_existing_output_is_refused(demo_build, demo_base):
-    out, _, _ = demo_build
-    result = CliRunner().invoke(cli, ["build", "--base-model", str(demo_base), "--out", str(out)])
-    assert result.exit_code == 1
-    assert f"Error: {out} already exists" in result.stderr.splitlines()
-    assert "Traceback" not in result.stderr
+def test_rebuild_with_nothing_changed_reuses_every_stage(demo_build, demo_base):
+    out, public_key, _ = demo_build
+    signature = (out / "bundle" / "model.sig").read_bytes()
+    home = public_key.parents[1]
+    result = CliRunner(env={"EDGETUNE_HOME": str(home)}).invoke(
+        cli, ["build", "--target", "phone", "--base-model", str(demo_base), "--steps", "6",
+              "--out", str(out)])
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.count("up to date") == 6  # train, merge, convert, quantise, eval, bundle
+    assert (out / "bundle" / "model.sig").read_bytes() == signature
 
 
 @pytest.mark.slow

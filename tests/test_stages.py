@@ -1,0 +1,146 @@
+"""Incremental builds and crash safety (edgetune.stages, pipeline.build)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edgetune import stages
+from edgetune.errors import ConfigError
+
+
+def _plan(tmp_path: Path, name: str, **inputs) -> stages.StagePlan:
+    return stages.StagePlan(name, tmp_path / name, stages.digest({"stage": name, **inputs}),
+                            {k: stages.digest(v) for k, v in inputs.items()})
+
+
+def test_digest_is_stable_and_sensitive():
+    a = {"x": [1, 2], "y": {"b": 1, "a": Path("/p")}}
+    assert stages.digest(a) == stages.digest({"y": {"a": "/p", "b": 1}, "x": (1, 2)})
+    assert stages.digest(a) != stages.digest({**a, "x": [2, 1]})
+
+
+def test_stamps_say_what_changed(tmp_path: Path):
+    stamps = stages.Stamps(tmp_path)
+    plan = _plan(tmp_path, "merge", upstream="k1", tools={"peft": "1"})
+    assert stamps.state(plan).status == "missing"
+    plan.folder.mkdir()
+    assert stamps.state(plan).status == "stale" and not stamps.fresh(plan)
+    stamps.write(plan)
+    assert stamps.fresh(plan) and stamps.state(plan).status == "up to date"
+    changed = _plan(tmp_path, "merge", upstream="k1", tools={"peft": "2"})
+    state = stamps.state(changed)
+    assert (state.status, state.why) == ("stale", "changed: tools")
+    stamps.clear("merge")
+    assert not stamps.fresh(plan)
+
+
+def test_a_stale_stage_makes_every_later_one_stale(tmp_path: Path):
+    plans = [_plan(tmp_path, n, v=1) for n in ("train", "merge", "convert")]
+    for plan in plans:
+        plan.folder.mkdir()
+        stages.Stamps(tmp_path).write(plan)
+    assert [s.status for s in stages.states(tmp_path, plans)] == ["up to date"] * 3
+    plans[1] = _plan(tmp_path, "merge", v=2)
+    result = stages.states(tmp_path, plans)
+    assert [s.status for s in result] == ["up to date", "stale", "stale"]
+    assert result[2].why == "merge will be rebuilt"
+
+
+def test_one_build_per_output_folder(tmp_path: Path):
+    with stages.build_lock(tmp_path):
+        with pytest.raises(ConfigError, match=f"another edgetune build is using .* \\(pid {os.getpid()}\\)"):
+            with stages.build_lock(tmp_path):
+                pass
+    with stages.build_lock(tmp_path):  # released on exit
+        pass
+
+
+def test_leftovers_of_a_killed_build_are_removed(tmp_path: Path):
+    (tmp_path / ".quants.abc.partial").mkdir()
+    (tmp_path / ".bundle.old").mkdir()
+    (tmp_path / "quants").mkdir()
+    assert sorted(stages.remove_leftovers(tmp_path)) == [".bundle.old", ".quants.abc.partial"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["quants"]
+
+
+# ----------------------------------------------------------------------- end to end, on the demo
+
+def _build_cmd(out: Path, base: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "edgetune.cli", "build", "--target", "phone", "--steps", "2",
+            "--base-model", str(base), "--out", str(out), *extra]
+
+
+def _env(home: Path) -> dict:
+    return {**os.environ, "EDGETUNE_HOME": str(home), "COLUMNS": "200"}
+
+
+# What each stage creates first, seen from outside: its scratch folder (atomic_dir) or, for
+# training, its checkpoint folder.
+_STARTS = {"train": "adapter.checkpoints", "merge": ".merged.", "convert": ".gguf.",
+           "quantise": ".quants.", "evaluate": ".eval.", "bundle": ".bundle."}
+
+
+def _started(out: Path, stage: str) -> bool:
+    mark = _STARTS[stage]
+    return out.is_dir() and any(p.name.startswith(mark) for p in out.iterdir())
+
+
+@pytest.mark.slow
+def test_sigkill_in_every_stage_then_rerun_gives_a_verified_bundle(demo_base, tmp_path: Path):
+    """Kill the build (SIGKILL) at a random point of each stage in turn; every rerun continues
+    from what was complete and the last one produces a bundle that verifies."""
+    from edgetune.bundle import verify_bundle
+
+    out, home = tmp_path / "out", tmp_path / "home"
+    rng = random.Random(int(os.environ.get("EDGETUNE_KILL_SEED", "7")))
+    killed = []
+    for stage in _STARTS:
+        proc = subprocess.Popen(_build_cmd(out, demo_base), env=_env(home),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        while proc.poll() is None and not _started(out, stage):
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 0.4))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            killed.append(stage)
+        proc.wait()
+        assert proc.returncode in (0, -signal.SIGKILL), proc.stderr.read()[-2000:]
+    assert len(killed) >= 3, f"only killed in {killed}"  # most stages run long enough
+    final = subprocess.run(_build_cmd(out, demo_base, "--json"), env=_env(home),
+                           capture_output=True, text=True)
+    assert final.returncode == 0, final.stderr[-3000:]
+    payload = json.loads(final.stdout)
+    assert verify_bundle(out / "bundle", payload["public_key"]).bundle_id == payload["bundle_id"]
+    assert not [p.name for p in out.iterdir() if p.name.endswith((".partial", ".old"))]
+
+    # Nothing changed: every stage is reused and no model library is even imported.
+    probe = ("import runpy, sys; sys.argv = ['edgetune'] + sys.argv[1:]\n"
+             "try:\n    runpy.run_module('edgetune.cli', run_name='__main__')\n"
+             "except SystemExit:\n    pass\n"
+             "heavy = [m for m in ('torch', 'transformers', 'llama_cpp') if m in sys.modules]\n"
+             "print('HEAVY', heavy, file=sys.stderr)")
+    again = subprocess.run([sys.executable, "-c", probe, *_build_cmd(out, demo_base)[3:]],
+                           env=_env(home), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "HEAVY []" in again.stderr
+    assert again.stderr.count("up to date") == 6  # train .. bundle
+
+    # Only the target's quality settings changed: only evaluate and bundle rerun.
+    profile = tmp_path / "strict-phone.yaml"
+    text = (Path(__file__).parents[1] / "quant_profiles" / "phone-6gb.yaml").read_text()
+    profile.write_text(text.replace("name: phone-6gb", "name: strict-phone")
+                       .replace("min_decode_tps:", "min_decode_tps: 1 #"))
+    retarget = subprocess.run(_build_cmd(out, demo_base)[:5] + [str(profile)] +
+                              _build_cmd(out, demo_base)[6:], env=_env(home),
+                              capture_output=True, text=True)
+    assert retarget.returncode == 0, retarget.stderr[-2000:]
+    assert retarget.stderr.count("up to date") == 4  # train, merge, convert, quantise
