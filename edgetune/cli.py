@@ -371,8 +371,9 @@ def targets() -> None:
 
 
 from edgetune.cli_bundle import keys, license_group, sign, verify  # noqa: E402  (after cli)
+from edgetune.cli_chat import chat, compare  # noqa: E402
 
-for _command in (keys, verify, sign, license_group):
+for _command in (keys, verify, sign, license_group, chat, compare):
     cli.add_command(_command)
 
 
