@@ -72,12 +72,13 @@ class BundleInfo:
     license_terms: str = "All rights reserved by the creator."
     sampling: dict = field(default_factory=lambda: {"temperature": 0.6, "top_p": 0.95})
     suggested_prompts: tuple[str, ...] = ()
+    persona_name: str | None = None  # the name chat apps show; None: ``name``
     persona_description: str = ""
     bos_token: str | None = None  # the tokenizer's BOS text (LLMFarm needs it for some templates)
     hf_repo: str | None = None  # "user/repo" once published: PocketPal selects the model by it
 
     def persona(self) -> personas.Persona:
-        return personas.Persona(name=self.name, system_prompt=self.system_prompt,
+        return personas.Persona(name=self.persona_name or self.name, system_prompt=self.system_prompt,
                                 greeting=self.greeting, suggested_prompts=self.suggested_prompts,
                                 description=self.persona_description)
 
@@ -262,7 +263,7 @@ def _manifest(info: BundleInfo, key_id: str, created: str, artifacts: list[dict]
                     "stop_strings": list(info.stop_strings),
                     "default_context": info.default_context,
                     "sampling": _finite(dict(info.sampling))},
-        "persona": {"name": info.name, "system_prompt": info.system_prompt,
+        "persona": {"name": info.persona_name or info.name, "system_prompt": info.system_prompt,
                     "greeting": info.greeting, "suggested_prompts": list(info.suggested_prompts),
                     "files": {_PERSONA_APPS.get(path, path): path for path in persona_paths}},
         "eval": _eval_summary(_finite(info.eval_results)),

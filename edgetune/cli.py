@@ -93,8 +93,65 @@ def _train_config(base, options: dict):
 
 
 @cli.command()
-@click.option("--target", default="phone", show_default=True,
-              help="Device profile from quant_profiles/ (or a YAML path).")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default=".")
+@click.option("--name", default=None, help="Model name. Default: the folder's name.")
+@click.option("--force", is_flag=True,
+              help="Replace an existing edgetune.yaml (existing data and .gitignore are kept).")
+def init(directory, name, force) -> None:
+    """Start a project: a documented edgetune.yaml, example Q&A data and a .gitignore.
+
+    The example data is a copy of the demo questions, so the project builds as it is; then
+    point data.path at your own Q&A and set project.base_model.
+
+    \b
+    Examples:
+      edgetune init coach-bot
+      edgetune build --config coach-bot/edgetune.yaml
+      edgetune init . --force          # rewrite ./edgetune.yaml
+    """
+    from edgetune.project import PROJECT_FILE, init_project
+
+    for item in init_project(directory, name=name, force=force):
+        click.echo(f"{item.action:<8} {item.path}")
+    here = Path(os.path.abspath(directory)) == Path.cwd()
+    config = directory / PROJECT_FILE
+    click.echo(f"Next: edit {config}, then run: "
+               + ("edgetune build" if here else f"edgetune build --config {config}"))
+
+
+# Where each `build` option lands in the project file ("section.key"); see edgetune.project.
+_BUILD_SETTINGS = {"targets": "targets", "data": "data.path",
+                   "question_field": "data.question_field", "answer_field": "data.answer_field",
+                   "base_model": "project.base_model", "name": "project.name",
+                   "sft_data": "data.sft_data", "sft_steps": "data.sft_steps",
+                   "answer_format": "method.answer_format",
+                   **{k: f"train.{k}" for k in _TRAIN_FIELDS if k != "answer_format"}}
+
+
+def _build_overrides(ctx: click.Context) -> dict:
+    """The options given on the command line, as project-file settings (they win over the file)."""
+    from click.core import ParameterSource
+
+    given = {name: value for name, value in ctx.params.items()
+             if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT,
+                                                       ParameterSource.DEFAULT_MAP)}
+    settings = {_BUILD_SETTINGS[k]: v for k, v in given.items() if k in _BUILD_SETTINGS}
+    if not given.get("name", True):
+        settings.pop("project.name")  # --name "" names nothing
+    if "base_bits" in given:
+        settings["train.base_bits"] = int(given["base_bits"])
+    if "system_prompt_file" in given:
+        settings["persona.system_prompt"] = given["system_prompt_file"].read_text().strip()
+    return settings
+
+
+@cli.command()
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Project file (see `edgetune init`). Default: ./edgetune.yaml if there is "
+                   "one, else the built-in demo. Options given here override it.")
+@click.option("--target", "targets", multiple=True,
+              help="Device profile from quant_profiles/ (or a YAML path). Default: the project "
+                   "file's targets, else phone.")
 @click.option("--data", type=click.Path(path_type=Path), default=None,
               help="Q&A file (.jsonl, .json, .csv). Default: the built-in demo questions.")
 @click.option("--question-field", default="question", show_default=True)
@@ -118,68 +175,117 @@ def _train_config(base, options: dict):
 @click.option("--accept-gate-failure", is_flag=True,
               help="Ship even if a quant fails the target's quality gates (recorded in the manifest).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
-def build(target, data, question_field, answer_field, base_model, name, system_prompt_file,
-          sft_data, sft_steps, out, key, overwrite, accept_gate_failure, as_json, **training) -> None:
+def build(config, targets, data, question_field, answer_field, base_model, name,
+          system_prompt_file, sft_data, sft_steps, out, key, overwrite, accept_gate_failure,
+          as_json, **training) -> None:
     """Run the whole pipeline: train, merge, convert, quantise, evaluate, bundle and sign.
 
     \b
     Examples:
       edgetune build --target phone                      # the built-in demo
+      edgetune build --config coach/edgetune.yaml --steps 50   # a project file (edgetune init)
       edgetune build --data qa.jsonl --base-model Qwen/Qwen2.5-1.5B-Instruct \\
           --system-prompt-file persona.txt --name coach-bot --steps 300
       edgetune build --data qa.jsonl --sft-data cot.jsonl --answer-format r1 ...
       edgetune build ... --resume        # continue after Ctrl-C or a crash
     """
-    import dataclasses
+    from rich.markup import escape
 
     from edgetune.console import RichEvents, console, eval_table
-    from edgetune.data import Columns
-    from edgetune.pipeline import build as run_build, demo_project
+    from edgetune.pipeline import build as run_build
     from edgetune.profiles import load_profile
+    from edgetune.project import PROJECT_FILE, resolve_project
 
-    profile = load_profile(target)
-    project = demo_project()
-    if data is not None:
-        project = dataclasses.replace(project, data=data, base_model=base_model,
-                                      name=name or data.stem, creator="edgetune user")
-    elif base_model is not None:
-        project = dataclasses.replace(project, base_model=base_model)
-    if name:
-        project = dataclasses.replace(project, name=name)
-    project = dataclasses.replace(project, columns=Columns(question=question_field,
-                                                           answer=answer_field))
-    train_cfg = project.train
-    if system_prompt_file is not None:
-        prompt = system_prompt_file.read_text().strip()
-        project = dataclasses.replace(project, system_prompt=prompt)
-        train_cfg = dataclasses.replace(train_cfg, system_prompt=prompt)
-    if sft_data is not None and training.get("answer_format") is None:
-        # SFT on <think> data teaches <think>CoT</think> answer (R1 style); reward that format.
-        train_cfg = dataclasses.replace(train_cfg, answer_format="r1")
-    train_cfg = _train_config(train_cfg, training)
-    project = dataclasses.replace(project, train=train_cfg, sft_data=sft_data, sft_steps=sft_steps)
+    # The options above reach the project through _build_overrides, only where they were given.
+    if config is None and Path(PROJECT_FILE).is_file():
+        config = Path(PROJECT_FILE)
+        console.print(f"[yellow]note:[/] using ./{PROJECT_FILE} (pass --config to choose another "
+                      "project file)")
+    resolved = resolve_project(config, _build_overrides(click.get_current_context()))
+    profiles = [load_profile(t) for t in resolved.targets]
+    project = resolved.project
     passphrase = os.environ.get("EDGETUNE_KEY_PASSPHRASE") or None
+    per_target = len(profiles) > 1  # out/targets/<name>/: the targets share train .. convert
 
     from edgetune.gates import GateFailure
 
-    try:
-        with RichEvents() as events, _stdout_for_results():
-            result = run_build(project, profile, out, key=key, passphrase=passphrase,
-                               overwrite=overwrite, resume=training["resume"],
-                               accept_gate_failure=accept_gate_failure, events=events)
-    except GateFailure as failure:
-        from edgetune.console import gate_table
+    results = {}
+    for profile in profiles:
+        try:
+            with RichEvents() as events, _stdout_for_results():
+                result = run_build(project, profile, out, key=key, passphrase=passphrase,
+                                   overwrite=overwrite and not results, resume=training["resume"],
+                                   accept_gate_failure=accept_gate_failure, events=events,
+                                   per_target=per_target)
+        except GateFailure as failure:
+            from edgetune.console import gate_table
 
-        console.print(gate_table(failure))
-        raise
+            console.print(gate_table(failure))
+            raise
+        results[profile.name] = result
+        if not as_json:
+            console.print(eval_table(result.eval_report))
+            label = f"Bundle ({escape(profile.name)}):" if per_target else "Bundle:"
+            console.print(f"[bold green]{label}[/] {result.bundle.path}")
+            console.print(f"Verify: edgetune verify {result.bundle.path} --key {result.public_key}")
     if as_json:
-        click.echo(json.dumps({"bundle": str(result.bundle.path), "bundle_id": result.bundle.bundle_id,
-                               "key_id": result.bundle.key_id, "public_key": str(result.public_key),
-                               "eval": result.eval_report}, indent=2))
+        def summary(r):
+            return {"bundle": str(r.bundle.path), "bundle_id": r.bundle.bundle_id,
+                    "key_id": r.bundle.key_id, "public_key": str(r.public_key),
+                    "eval": r.eval_report}
+
+        payload = (summary(next(iter(results.values()))) if not per_target
+                   else {"targets": {name: summary(r) for name, r in results.items()}})
+        click.echo(json.dumps(payload, indent=2))
+
+
+@cli.command()
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Project file. Default: ./edgetune.yaml if there is one, else the demo.")
+@click.option("--target", "targets", multiple=True,
+              help="Device profile(s), as for build. Default: the project file's, else phone.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("edgetune-out"),
+              show_default=True, help="The build's output directory.")
+@click.option("--key", type=click.Path(path_type=Path), default=None,
+              help="The signing key the build uses. Default: ~/.edgetune/keys/edgetune.key.")
+@click.option("--json", "as_json", is_flag=True, help="Print the stages as JSON on stdout.")
+def status(config, targets, out, key, as_json) -> None:
+    """Show each build stage as up to date, stale (and why) or missing. Builds nothing.
+
+    Reads the same project as `build` (the project file and --target); options that `build`
+    was given on the command line are not known here, so keep them in edgetune.yaml.
+
+    \b
+    Examples:
+      edgetune status
+      edgetune status --config coach/edgetune.yaml --out coach-out --json
+    """
+    from edgetune import paths, stages
+    from edgetune.pipeline import plan_build
+    from edgetune.profiles import load_profile
+    from edgetune.project import PROJECT_FILE, resolve_project
+
+    if config is None and Path(PROJECT_FILE).is_file():
+        config = Path(PROJECT_FILE)
+    resolved = resolve_project(config, {"targets": list(targets)} if targets else {})
+    profiles = [load_profile(t) for t in resolved.targets]
+    public_key = (Path(key) if key else paths.keys_dir() / "edgetune.key").with_suffix(".pub")
+    report = {}
+    for profile in profiles:
+        plans = plan_build(resolved.project, profile, out, public_key=public_key,
+                           per_target=len(profiles) > 1)
+        report[profile.name] = stages.states(out, plans)
+    if as_json:
+        click.echo(json.dumps({name: [{"stage": s.name, "folder": str(s.folder),
+                                       "status": s.status, "why": s.why} for s in states]
+                               for name, states in report.items()}, indent=2))
         return
-    console.print(eval_table(result.eval_report))
-    console.print(f"[bold green]Bundle:[/] {result.bundle.path}")
-    console.print(f"Verify: edgetune verify {result.bundle.path} --key {result.public_key}")
+    colour = {"up to date": "green", "stale": "yellow", "missing": "red"}
+    for name, states in report.items():
+        click.echo(f"{out} (target {name}):")
+        for s in states:
+            text = click.style(f"{s.status:<10}", fg=colour[s.status])
+            click.echo(f"  {s.name:<9} {text} {s.folder}" + (f"  ({s.why})" if s.why else ""))
 
 
 @cli.command("eval")

@@ -45,6 +45,9 @@ class Project:
     sft_data: Path | None = None  # <think>-style examples for an SFT warm start before GRPO
     sft_format: str = "auto"
     sft_steps: int = 60
+    license_terms: str = "All rights reserved by the creator."
+    persona_name: str | None = None  # the name chat apps show; None: the project's name
+    persona_description: str = ""  # one line for app lists, never sent to the model
 
 
 def demo_project() -> Project:
@@ -81,8 +84,12 @@ class BuildResult:
 
 def build(project: Project, profile: QuantProfile, out: Path, *, key: Path | None = None,
           passphrase: str | None = None, overwrite: bool = False, resume: bool = False,
-          accept_gate_failure: bool = False, events: BuildEvents | None = None) -> BuildResult:
+          accept_gate_failure: bool = False, events: BuildEvents | None = None,
+          per_target: bool = False) -> BuildResult:
     """Run every stage into ``out/<stage>`` and return the signed bundle.
+
+    ``per_target``: quantise, evaluate and bundle go to ``out/targets/<profile>/``, so builds
+    of several targets into one ``out`` share training, merge and conversion.
 
     Incremental (``edgetune.stages``): a stage whose inputs are unchanged since it last
     completed is reused, so a rebuild with nothing changed loads no model, and a new target
@@ -111,7 +118,7 @@ def build(project: Project, profile: QuantProfile, out: Path, *, key: Path | Non
         if removed := stages.remove_leftovers(out):
             ev.note(f"removed {len(removed)} unfinished folder(s) of an interrupted build")
         plans = plan_build(project, profile, out, inputs=inputs, public_key=public_key,
-                           accept_gate_failure=accept_gate_failure)
+                           accept_gate_failure=accept_gate_failure, per_target=per_target)
         return _run_stages(project, profile, out, plans, inputs, private_key=private_key,
                            public_key=public_key, passphrase=passphrase, force=overwrite,
                            resume=resume, accept_gate_failure=accept_gate_failure, ev=ev)
@@ -138,7 +145,7 @@ def _read_inputs(project: Project) -> BuildInputs:
 
 def plan_build(project: Project, profile: QuantProfile, out: Path, *,
                inputs: BuildInputs | None = None, public_key: Path | None = None,
-               accept_gate_failure: bool = False) -> list:
+               accept_gate_failure: bool = False, per_target: bool = False) -> list:
     """Every stage with its output folder and input key; loads no model (``edgetune status``)."""
     import edgetune
     from edgetune import stages
@@ -176,14 +183,15 @@ def plan_build(project: Project, profile: QuantProfile, out: Path, *,
         settings=train_config, tools=train_tools)
     add("merge", "merged", tools=train_tools)
     add("convert", "gguf", parity=[data_digest(inputs.splits.eval), persona], tools=llama_tools)
-    add("quantise", "quants", quants=[list(profile.quants), list(profile.imatrix_quants)],
+    target = f"targets/{profile.name}/" if per_target else ""
+    add("quantise", f"{target}quants", quants=[list(profile.quants), list(profile.imatrix_quants)],
         calibration=[data_digest(inputs.splits.calibration), persona], tools=llama_tools)
-    add("evaluate", "eval", target=dataclasses.asdict(profile),
+    add("evaluate", f"{target}eval", target=dataclasses.asdict(profile),
         held_out=[data_digest(inputs.splits.eval), persona, project.train.answer_format],
         accept_gate_failure=accept_gate_failure, tools=llama_tools)
     key_id = (stages.digest(Path(public_key).read_bytes())
               if public_key and Path(public_key).is_file() else None)
-    add("bundle", "bundle", project={f.name: getattr(project, f.name) for f in
+    add("bundle", f"{target}bundle", project={f.name: getattr(project, f.name) for f in
                                      dataclasses.fields(project)
                                      if f.name not in ("train", "data", "sft_data")},
         key=key_id)
@@ -207,7 +215,7 @@ def _run_stages(project, profile, out, plans, inputs, *, private_key, public_key
         if not force and not rebuilt and stamps.fresh(plan[name]):
             return True
         rebuilt = True
-        stamps.clear(name)
+        stamps.clear(plan[name])
         return False
 
     splits, sft_examples = inputs.splits, inputs.sft_examples
@@ -366,6 +374,9 @@ def _bundle_stage(project, profile, folder, adapter, f16, quants, eval_results, 
         system_prompt=project.system_prompt,
         greeting=project.greeting,
         suggested_prompts=project.suggested_prompts,
+        persona_name=project.persona_name,
+        persona_description=project.persona_description,
+        license_terms=project.license_terms,
         bos_token=tokenizer.bos_token,
         training={"method": adapter.method, "backend": adapter.backend, "steps": adapter.steps,
                   "dataset_rows": len(splits.train), "rewards": list(project.train.rewards),

@@ -105,7 +105,13 @@ class Stamps:
         self.dir = Path(out) / STATE_DIR / "stages"
 
     def _file(self, name: str) -> Path:
-        return self.dir / f"{name}.json"
+        return self.dir / f"{name.replace('/', '@')}.json"
+
+    @staticmethod
+    def _id(plan: StagePlan) -> str:
+        """Stages of one target in a multi-target build live in targets/<name>/: one stamp each."""
+        return plan.name if plan.folder.parent.parent.name != "targets" \
+            else f"{plan.name}/{plan.folder.parent.name}"
 
     def read(self, name: str) -> dict | None:
         try:
@@ -114,20 +120,20 @@ class Stamps:
             return None
 
     def fresh(self, plan: StagePlan) -> bool:
-        stamp = self.read(plan.name)
+        stamp = self.read(self._id(plan))
         return bool(stamp) and stamp.get("key") == plan.key and plan.folder.is_dir()
 
-    def clear(self, name: str) -> None:
-        self._file(name).unlink(missing_ok=True)
+    def clear(self, plan: StagePlan) -> None:
+        self._file(self._id(plan)).unlink(missing_ok=True)
 
     def write(self, plan: StagePlan) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self._file(plan.name), {"stage": plan.name, "key": plan.key,
+        write_json_atomic(self._file(self._id(plan)), {"stage": plan.name, "key": plan.key,
                                                   "folder": plan.folder.name,
                                                   "inputs": plan.inputs})
 
     def state(self, plan: StagePlan) -> StageState:
-        stamp = self.read(plan.name)
+        stamp = self.read(self._id(plan))
         if not plan.folder.is_dir():
             return StageState(plan.name, plan.folder, "missing")
         if not stamp:
@@ -136,8 +142,10 @@ class Stamps:
             return StageState(plan.name, plan.folder, "up to date")
         old = stamp.get("inputs") or {}
         changed = sorted(k for k in {*old, *plan.inputs} if old.get(k) != plan.inputs.get(k))
-        return StageState(plan.name, plan.folder, "stale",
-                          "changed: " + ", ".join(changed) if changed else "inputs changed")
+        why = ("an earlier stage changed" if changed == ["upstream"] else
+               "changed: " + ", ".join(c for c in changed if c != "upstream") if changed
+               else "inputs changed")
+        return StageState(plan.name, plan.folder, "stale", why)
 
 
 def states(out: Path, plans: Sequence[StagePlan]) -> list[StageState]:
@@ -156,12 +164,13 @@ def states(out: Path, plans: Sequence[StagePlan]) -> list[StageState]:
 def remove_leftovers(out: Path) -> list[str]:
     """Scratch folders of killed builds (``.<stage>.*.partial``, ``.<stage>.old``): never used."""
     removed = []
-    if Path(out).is_dir():
-        for entry in Path(out).iterdir():
+    folders = [Path(out), *sorted((Path(out) / "targets").glob("*"))]
+    for folder in (f for f in folders if f.is_dir()):
+        for entry in folder.iterdir():
             if entry.name.startswith(".") and (entry.name.endswith(".partial")
                                                or entry.name.endswith(".old")):
                 shutil.rmtree(entry, ignore_errors=True)
-                removed.append(entry.name)
+                removed.append(entry.relative_to(out).as_posix())
     return removed
 
 

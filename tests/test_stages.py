@@ -39,7 +39,7 @@ def test_stamps_say_what_changed(tmp_path: Path):
     changed = _plan(tmp_path, "merge", upstream="k1", tools={"peft": "2"})
     state = stamps.state(changed)
     assert (state.status, state.why) == ("stale", "changed: tools")
-    stamps.clear("merge")
+    stamps.clear(plan)
     assert not stamps.fresh(plan)
 
 
@@ -144,3 +144,42 @@ def test_sigkill_in_every_stage_then_rerun_gives_a_verified_bundle(demo_base, tm
                               capture_output=True, text=True)
     assert retarget.returncode == 0, retarget.stderr[-2000:]
     assert retarget.stderr.count("up to date") == 4  # train, merge, convert, quantise
+
+
+@pytest.mark.slow
+def test_two_targets_share_training_and_get_a_bundle_each(demo_base, tmp_path: Path):
+    from edgetune.bundle import verify_bundle
+
+    out, home = tmp_path / "out", tmp_path / "home"
+    cmd = [sys.executable, "-m", "edgetune.cli", "build", "--target", "phone", "--target",
+           "phone-8gb", "--steps", "2", "--base-model", str(demo_base), "--out", str(out), "--json"]
+    run = subprocess.run(cmd, env=_env(home), capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    targets = json.loads(run.stdout)["targets"]
+    assert sorted(targets) == ["phone", "phone-8gb"]
+    for name, result in targets.items():
+        assert Path(result["bundle"]) == out / "targets" / name / "bundle"
+        assert verify_bundle(Path(result["bundle"]), result["public_key"]).files > 0
+    # The second target reused what the first trained and converted.
+    assert run.stderr.count("up to date") >= 3
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == \
+        ["adapter", "gguf", "merged", "targets"]
+
+
+def test_status_of_a_folder_never_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from click.testing import CliRunner
+
+    from edgetune.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["status", "--out", str(tmp_path / "out"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert list(report) == ["phone"]
+    assert [s["stage"] for s in report["phone"]] == ["train", "merge", "convert", "quantise",
+                                                     "evaluate", "bundle"]
+    assert {s["status"] for s in report["phone"]} == {"missing"}
+    human = CliRunner().invoke(cli, ["status", "--out", str(tmp_path / "out"),
+                                     "--target", "phone", "--target", "desktop"])
+    assert human.exit_code == 0
+    assert "target desktop" in human.output and "targets/desktop/bundle" in human.output
