@@ -1,8 +1,9 @@
 """Build and verify signed edgetune bundles (layout and rules: ``mobile_bundle/SPEC.md``).
 
 A bundle holds the quantised GGUFs, ``edgetune.json``, ``README.md``, ``eval.json``, ``eval.md``,
-``eval.png``, the persona files for phone apps and Ollama (``edgetune.personas``) and
-``model.sig``, and nothing else: unsigned extra files fail verification.
+``eval.png``, ``reward.png``, ``report.html``, the persona files for phone apps and Ollama
+(``edgetune.personas``) and ``model.sig``, and nothing else: unsigned extra files fail
+verification.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ MANIFEST_FILE = "edgetune.json"
 EVAL_FILE = "eval.json"
 EVAL_TABLE_FILE = report.MARKDOWN_FILE
 EVAL_CHART_FILE = report.CHART_FILE
+REWARD_CHART_FILE = report.REWARD_CHART_FILE
+REPORT_FILE = report.HTML_FILE
 README_FILE = "README.md"
 SCHEMA_VERSION = "1.0"
 _INSTALLED_SCHEMA = Path(__file__).parent / "schema" / "edgetune.schema.json"
@@ -76,6 +79,10 @@ class BundleInfo:
     persona_description: str = ""
     bos_token: str | None = None  # the tokenizer's BOS text (LLMFarm needs it for some templates)
     hf_repo: str | None = None  # "user/repo" once published: PocketPal selects the model by it
+    licence_required: bool = False  # apps should ask for a follower licence (SPEC.md Licences)
+    # The rows of the adapter's training_log.jsonl: reward.png and report.html show its rewards,
+    # settings and warnings. (): no log (both files are still written, saying so).
+    training_log: tuple[dict, ...] = ()
 
     def persona(self) -> personas.Persona:
         return personas.Persona(name=self.persona_name or self.name, system_prompt=self.system_prompt,
@@ -204,6 +211,8 @@ def _model_card(info: BundleInfo, artifacts: list[dict], key_id: str, eval_resul
                   f"Full results: `{EVAL_FILE}` (this table: `{EVAL_TABLE_FILE}`)."
                   if report.ordered_quants(eval_results)
                   else f"No per-quant results were recorded; see `{EVAL_FILE}`.")
+    evaluation += (f"\n\nThe whole report on one page, with the reward curve of training, the "
+                   f"quality gates and every file: [`{REPORT_FILE}`]({REPORT_FILE}).")
     sh = "```sh\n{}\n```".format
     return "\n\n".join([
         f"---\nlicense: {q(info.base_model_license)}\nbase_model: {q(info.base_model)}\n"
@@ -267,6 +276,8 @@ def _manifest(info: BundleInfo, key_id: str, created: str, artifacts: list[dict]
                     "greeting": info.greeting, "suggested_prompts": list(info.suggested_prompts),
                     "files": {_PERSONA_APPS.get(path, path): path for path in persona_paths}},
         "eval": _eval_summary(_finite(info.eval_results)),
+        "distribution": {"hf_repo": info.hf_repo, "licence_required": info.licence_required,
+                         "verify_with": "model.sig"},
         "license_terms": info.license_terms,
     }
 
@@ -302,7 +313,8 @@ def build_bundle(out: Path, info: BundleInfo, models: Sequence[BundleModel], *,
             say(f"copying {m.quant}: {m.source} -> {name}")
             sha, size = _copy_hashed(Path(m.source), tmp / name)
             artifacts.append(_artifact(m, name, sha, size))
-        say("writing persona files, eval.json, eval.md, eval.png, README.md and edgetune.json")
+        say("writing persona files, eval.json, eval.md, eval.png, reward.png, README.md, "
+            "edgetune.json and report.html")
         for rel, content in persona_files.items():
             target = tmp / rel
             target.parent.mkdir(mode=0o755, exist_ok=True)
@@ -310,6 +322,7 @@ def build_bundle(out: Path, info: BundleInfo, models: Sequence[BundleModel], *,
             target.write_bytes(content)
         write_json_atomic(tmp / EVAL_FILE, eval_results)
         report.write_reports(tmp, readable)
+        report.reward_chart(info.training_log, tmp / REWARD_CHART_FILE)
         (tmp / README_FILE).write_text(_model_card(info, artifacts, key_id, readable),
                                        encoding="utf-8")
         manifest = _manifest(info, key_id, created, artifacts, list(persona_files))
@@ -317,8 +330,14 @@ def build_bundle(out: Path, info: BundleInfo, models: Sequence[BundleModel], *,
             raise EdgetuneError(f"internal error: the manifest breaks its schema: {err}",
                                 "This is a bug in edgetune; please report it.")
         write_json_atomic(tmp / MANIFEST_FILE, manifest)
+        # Last before signing, so that it can list every other file with its size.
+        files = [(p.relative_to(tmp).as_posix(), p.stat().st_size) for p in tmp.rglob("*")
+                 if p.is_file()]
+        files = sorted([*files, (REPORT_FILE, None), (signing.SIGNATURE_FILE, None)])
+        (tmp / REPORT_FILE).write_text(
+            report.html_report(manifest, readable, info.training_log, files), encoding="utf-8")
         for name in [*names, *persona_files, EVAL_FILE, EVAL_TABLE_FILE, EVAL_CHART_FILE,
-                     README_FILE, MANIFEST_FILE]:
+                     REWARD_CHART_FILE, README_FILE, MANIFEST_FILE, REPORT_FILE]:
             os.chmod(tmp / name, 0o644)
         say("signing")
         signing.sign_bundle(tmp, private_key, passphrase)

@@ -120,6 +120,7 @@ def init(directory, name, force) -> None:
 
 
 # Where each `build` option lands in the project file ("section.key"); see edgetune.project.
+STAGE_NAMES = ("sft", "train", "merge", "convert", "quantise", "evaluate", "bundle")  # stages.STAGES
 _BUILD_SETTINGS = {"targets": "targets", "data": "data.path",
                    "question_field": "data.question_field", "answer_field": "data.answer_field",
                    "base_model": "project.base_model", "name": "project.name",
@@ -169,6 +170,10 @@ def _build_overrides(ctx: click.Context) -> dict:
 @_training_options
 @click.option("--out", type=click.Path(path_type=Path), default=Path("edgetune-out"),
               show_default=True, help="Output directory (one folder per stage).")
+@click.option("--from", "from_stage", type=click.Choice(STAGE_NAMES), default=None,
+              help="Redo this stage and every later one, even if up to date.")
+@click.option("--to", "to_stage", type=click.Choice(STAGE_NAMES), default=None,
+              help="Stop after this stage.")
 @click.option("--key", type=click.Path(path_type=Path), default=None,
               help="Private signing key. Default: ~/.edgetune/keys/edgetune.key, created if missing.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
@@ -176,8 +181,8 @@ def _build_overrides(ctx: click.Context) -> dict:
               help="Ship even if a quant fails the target's quality gates (recorded in the manifest).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def build(config, targets, data, question_field, answer_field, base_model, name,
-          system_prompt_file, sft_data, sft_steps, out, key, overwrite, accept_gate_failure,
-          as_json, **training) -> None:
+          system_prompt_file, sft_data, sft_steps, out, from_stage, to_stage, key, overwrite,
+          accept_gate_failure, as_json, **training) -> None:
     """Run the whole pipeline: train, merge, convert, quantise, evaluate, bundle and sign.
 
     \b
@@ -216,20 +221,29 @@ def build(config, targets, data, question_field, answer_field, base_model, name,
                 result = run_build(project, profile, out, key=key, passphrase=passphrase,
                                    overwrite=overwrite and not results, resume=training["resume"],
                                    accept_gate_failure=accept_gate_failure, events=events,
-                                   per_target=per_target)
+                                   per_target=per_target, from_stage=from_stage,
+                                   to_stage=to_stage)
         except GateFailure as failure:
             from edgetune.console import gate_table
 
             console.print(gate_table(failure))
             raise
         results[profile.name] = result
+        if result.bundle is None:  # --to
+            if not as_json:
+                console.print(f"Stopped after {result.stopped_after} (--to); outputs in {out}")
+            continue
         if not as_json:
             console.print(eval_table(result.eval_report))
             label = f"Bundle ({escape(profile.name)}):" if per_target else "Bundle:"
             console.print(f"[bold green]{label}[/] {result.bundle.path}")
             console.print(f"Verify: edgetune verify {result.bundle.path} --key {result.public_key}")
+            if result.report is not None:
+                console.print(f"Report: {result.report}")
     if as_json:
         def summary(r):
+            if r.bundle is None:
+                return {"stopped_after": r.stopped_after, "public_key": str(r.public_key)}
             return {"bundle": str(r.bundle.path), "bundle_id": r.bundle.bundle_id,
                     "key_id": r.bundle.key_id, "public_key": str(r.public_key),
                     "eval": r.eval_report}

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -77,18 +78,22 @@ class SilentEvents:
 
 @dataclass(frozen=True)
 class BuildResult:
-    bundle: Bundle
+    bundle: Bundle | None  # None when the build stopped early (--to)
     public_key: Path
     eval_report: dict
+    stopped_after: str | None = None
+    report: Path | None = None  # report.html beside the bundle (a copy of the bundle's own)
 
 
 def build(project: Project, profile: QuantProfile, out: Path, *, key: Path | None = None,
           passphrase: str | None = None, overwrite: bool = False, resume: bool = False,
           accept_gate_failure: bool = False, events: BuildEvents | None = None,
-          per_target: bool = False) -> BuildResult:
+          per_target: bool = False, from_stage: str | None = None,
+          to_stage: str | None = None) -> BuildResult:
     """Run every stage into ``out/<stage>`` and return the signed bundle.
 
-    ``per_target``: quantise, evaluate and bundle go to ``out/targets/<profile>/``, so builds
+    ``from_stage`` redoes that stage and every later one even if up to date; ``to_stage`` stops
+    after that stage. ``per_target``: quantise, evaluate and bundle go to ``out/targets/<profile>/``, so builds
     of several targets into one ``out`` share training, merge and conversion.
 
     Incremental (``edgetune.stages``): a stage whose inputs are unchanged since it last
@@ -121,7 +126,8 @@ def build(project: Project, profile: QuantProfile, out: Path, *, key: Path | Non
                            accept_gate_failure=accept_gate_failure, per_target=per_target)
         return _run_stages(project, profile, out, plans, inputs, private_key=private_key,
                            public_key=public_key, passphrase=passphrase, force=overwrite,
-                           resume=resume, accept_gate_failure=accept_gate_failure, ev=ev)
+                           resume=resume, accept_gate_failure=accept_gate_failure, ev=ev,
+                           from_stage=from_stage, to_stage=to_stage)
 
 
 @dataclass(frozen=True)
@@ -194,12 +200,13 @@ def plan_build(project: Project, profile: QuantProfile, out: Path, *,
     add("bundle", f"{target}bundle", project={f.name: getattr(project, f.name) for f in
                                      dataclasses.fields(project)
                                      if f.name not in ("train", "data", "sft_data")},
-        key=key_id)
+        key=key_id, layout=2)  # 2: with report.html and reward.png; older bundles are stale
     return plans
 
 
 def _run_stages(project, profile, out, plans, inputs, *, private_key, public_key, passphrase,
-                force, resume, accept_gate_failure, ev) -> BuildResult:
+                force, resume, accept_gate_failure, ev, from_stage=None,
+                to_stage=None) -> BuildResult:
     import json
 
     from edgetune import stages
@@ -212,14 +219,16 @@ def _run_stages(project, profile, out, plans, inputs, *, private_key, public_key
 
     def reuse(name: str) -> bool:
         nonlocal rebuilt
-        if not force and not rebuilt and stamps.fresh(plan[name]):
+        forced = from_stage is not None and stages.STAGES.index(name) >= \
+            stages.STAGES.index(from_stage)
+        if not force and not forced and not rebuilt and stamps.fresh(plan[name]):
             return True
         rebuilt = True
         stamps.clear(plan[name])
         return False
 
     splits, sft_examples = inputs.splits, inputs.sft_examples
-    need_model = any(not stamps.fresh(p) for p in plans) or force
+    need_model = any(not stamps.fresh(p) for p in plans) or force or bool(from_stage)
     if need_model:
         from edgetune.backends import preload_backend
 
@@ -251,6 +260,10 @@ def _run_stages(project, profile, out, plans, inputs, *, private_key, public_key
         stamps.write(plan["train"])
         ev.stage_done("train", f"{adapter.steps} steps on {adapter.effective_config.get('device')}")
 
+    if to_stage == "train":
+        return BuildResult(bundle=None, public_key=public_key, eval_report={},
+                           stopped_after="train")
+
     ev.stage("merge")
     if reuse("merge"):
         merged = MergedModel.load(plan["merge"].folder)
@@ -261,6 +274,10 @@ def _run_stages(project, profile, out, plans, inputs, *, private_key, public_key
         merged = merge(adapter, plan["merge"].folder, overwrite=True)
         stamps.write(plan["merge"])
         ev.stage_done("merge", f"max weight change {merged.max_weight_delta:.2e}")
+
+    if to_stage == "merge":
+        return BuildResult(bundle=None, public_key=public_key, eval_report={},
+                           stopped_after="merge")
 
     texts = _TextsFor(merged.path, project, splits)
     file_name = _file_stem(project.name)
@@ -277,6 +294,10 @@ def _run_stages(project, profile, out, plans, inputs, *, private_key, public_key
         ev.stage_done("convert", f"logit KLD {f16.logit_parity['mean_kld']:.1e}, "
                                  f"top-1 {f16.logit_parity['top1']:.1%}")
 
+    if to_stage == "convert":
+        return BuildResult(bundle=None, public_key=public_key, eval_report={},
+                           stopped_after="convert")
+
     ev.stage("quantise", ", ".join(profile.quants))
     if reuse("quantise"):
         quants = QuantizedModels.load(plan["quantise"].folder)
@@ -292,6 +313,10 @@ def _run_stages(project, profile, out, plans, inputs, *, private_key, public_key
         stamps.write(plan["quantise"])
         ev.stage_done("quantise", ", ".join(
             f"{q}{' (imatrix)' if q in quants.without_imatrix else ''}" for q in quants.files))
+
+    if to_stage == "quantise":
+        return BuildResult(bundle=None, public_key=public_key, eval_report={},
+                           stopped_after="quantise")
 
     ev.stage("evaluate", f"{len(splits.eval)} held-out rows")
     if reuse("evaluate"):
@@ -319,7 +344,10 @@ def _run_stages(project, profile, out, plans, inputs, *, private_key, public_key
         ev.stage_done("evaluate")
     eval_results = json.loads((report.path / report.file).read_text())
 
-    ev.stage("bundle", "manifest, model card, signature")
+    if to_stage == "evaluate":
+        return BuildResult(bundle=None, public_key=public_key, eval_report={},
+                           stopped_after="evaluate")
+    ev.stage("bundle", "manifest, model card, report, signature")
     if reuse("bundle"):
         folder = plan["bundle"].folder
         manifest = json.loads((folder / "edgetune.json").read_text())
@@ -332,7 +360,8 @@ def _run_stages(project, profile, out, plans, inputs, *, private_key, public_key
                                file_name, private_key, passphrase)
         stamps.write(plan["bundle"])
         ev.stage_done("bundle", str(bundle.path))
-    return BuildResult(bundle=bundle, public_key=public_key, eval_report=eval_results)
+    return BuildResult(bundle=bundle, public_key=public_key, eval_report=eval_results,
+                       report=_copy_report(bundle.path))
 
 
 class _TextsFor:
@@ -360,6 +389,7 @@ class _TextsFor:
 def _bundle_stage(project, profile, folder, adapter, f16, quants, eval_results, splits,
                   sft_examples, tokenizer, base_model, file_name, private_key, passphrase):
     from edgetune.bundle import BundleInfo, BundleModel, build_bundle
+    from edgetune.report import read_training_log
 
     info = BundleInfo(
         name=file_name,
@@ -384,6 +414,7 @@ def _bundle_stage(project, profile, folder, adapter, f16, quants, eval_results, 
                   **({"warm_start": {"method": "sft", "steps": project.sft_steps,
                                      "examples": len(sft_examples)}} if sft_examples else {})},
         eval_results=eval_results,
+        training_log=read_training_log(adapter.path / adapter.log_file),
     )
     models = [BundleModel(quant=q, source=quants.gguf(q), architecture=f16.architecture,
                           context_length=profile.context_length,
@@ -391,6 +422,24 @@ def _bundle_stage(project, profile, folder, adapter, f16, quants, eval_results, 
               for q in quants.files]
     return build_bundle(folder, info, models, private_key=private_key, passphrase=passphrase,
                         overwrite=True)
+
+
+def _copy_report(bundle: Path) -> Path:
+    """Copy the bundle's report.html and its two charts beside the bundle folder (``out/``, or
+    ``out/targets/<profile>/``), where a creator looks first. Copied after every build, reused
+    bundle or not, so the copies are always the bundle's own (still signed inside it)."""
+    from edgetune.bundle import EVAL_CHART_FILE, REPORT_FILE, REWARD_CHART_FILE
+
+    for name in (REWARD_CHART_FILE, EVAL_CHART_FILE, REPORT_FILE):  # the page last
+        scratch = bundle.parent / f".{name}.tmp"
+        try:
+            shutil.copyfile(bundle / name, scratch)
+            os.chmod(scratch, 0o644)
+            os.replace(scratch, bundle.parent / name)
+        except BaseException:
+            scratch.unlink(missing_ok=True)
+            raise
+    return bundle.parent / REPORT_FILE
 
 
 def _train_stage(base_model: str, data, config: TrainConfig, out: Path, init_adapter: Path | None, *,

@@ -39,8 +39,9 @@ QUANTS = ("Q4_K_M", "Q5_K_M", "Q8_0")
 GGUFS = [f"edgetune-demo-{q}.gguf" for q in QUANTS]
 PERSONA_FILES = ["Modelfile", "template", "system", "params", "personas/pocketpal-pal.json",
                  "personas/character-card-v2.json", "personas/llmfarm-chat.json"]
-EXPECTED_FILES = sorted([*GGUFS, "edgetune.json", "README.md", "eval.json", "eval.md", "eval.png",
-                         *PERSONA_FILES, SIGNATURE_FILE])
+DOCS = ["edgetune.json", "README.md", "eval.json", "eval.md", "eval.png", "reward.png",
+        "report.html"]
+EXPECTED_FILES = sorted([*GGUFS, *DOCS, *PERSONA_FILES, SIGNATURE_FILE])
 
 
 def _files(folder: Path) -> list[str]:
@@ -66,9 +67,17 @@ def _info(**changes) -> BundleInfo:
         greeting='Hi! Ask me "anything" about running: pace, shoes...',
         training={"method": "grpo", "backend": "trl", "steps": 120, "dataset_rows": 48,
                   "rewards": ["format", "answer_match"], "lora_rank": 16},
-        eval_results=EVAL)
+        eval_results=EVAL, training_log=LOG)
     fields.update(changes)
     return BundleInfo(**fields)
+
+
+# the shape of a GRPO training_log.jsonl (edgetune.train): settings, steps, a health warning
+LOG = ({"step": 0, "event": "config", "method": "grpo", "backend": "trl", "device": "cpu",
+        "loss_type": "dapo", "beta": 0.0},
+       *({"step": s, "loss": 0.01 * s, "reward": 1.0 + 0.25 * s, "rewards/format/mean": 0.5,
+          "rewards/answer_match/mean": 0.5 + 0.25 * s} for s in (1, 2, 3)),
+       {"step": 3, "event": "warning", "code": "no_signal", "message": "rewards <all> equal"})
 
 
 def _gguf(path: Path, seed: int, size: int = 5000) -> Path:
@@ -247,9 +256,44 @@ def test_model_card_accepts_a_list_of_quants_and_missing_results(tmp_path: Path,
                           private_key=keys.private_key).path
     card = (bundle / "README.md").read_text()
     assert "No per-quant results" in card and "| PPL |" not in card and "eval.png" not in card
-    assert _files(bundle) == sorted([GGUFS[0], "README.md", "eval.json", "eval.md", "eval.png",
-                                     "edgetune.json", *PERSONA_FILES, SIGNATURE_FILE])
-    assert verify_bundle(bundle, keys.public_key).files == 6 + len(PERSONA_FILES)
+    assert _files(bundle) == sorted([GGUFS[0], *DOCS, *PERSONA_FILES, SIGNATURE_FILE])
+    assert verify_bundle(bundle, keys.public_key).files == 8 + len(PERSONA_FILES)
+
+
+def test_report_page_and_reward_chart_are_signed_and_show_the_bundle(built: Bundle, keys,
+                                                                    tmp_path: Path):
+    from edgetune.report import html_report, reward_chart
+
+    page = (built.path / "report.html").read_text()
+    manifest = _manifest(built.path)
+    listed = sorted((f, (built.path / f).stat().st_size) for f in EXPECTED_FILES
+                    if f not in ("report.html", SIGNATURE_FILE))
+    files = sorted([*listed, ("report.html", None), (SIGNATURE_FILE, None)])
+    # exactly the page html_report draws from the manifest, eval.json and the log
+    readable = {**json.loads((built.path / "eval.json").read_text()), "quants": EVAL["quants"]}
+    assert page == html_report(manifest, readable, LOG, files)
+    for path, size in listed:  # every other file, with its size
+        assert f"<td><code>{path}</code></td>" in page and f">{size:,}</td>" in page
+    assert manifest["created"] in page and "Ada | Coach" in page
+    assert '<img src="reward.png"' in page and '<img src="eval.png"' in page
+    assert "rewards &lt;all&gt; equal" in page  # the log's warning, escaped
+    assert (built.path / "reward.png").read_bytes() == \
+        reward_chart(LOG, tmp_path / "r.png").read_bytes()
+    card = (built.path / "README.md").read_text()
+    assert "[`report.html`](report.html)" in card
+    assert verify_bundle(built.path, keys.public_key).files == len(EXPECTED_FILES) - 1
+
+
+def test_hostile_names_are_escaped_in_the_report_page(tmp_path: Path, keys, models):
+    hostile = '<script>alert("x")</script>'
+    bundle = build_bundle(tmp_path / "b", _info(creator_name=hostile, persona_name=hostile,
+                                                training_log=()), models[:1],
+                          private_key=keys.private_key).path
+    page = (bundle / "report.html").read_text()
+    assert "<script" not in page and "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
+    assert "No training log was recorded." in page
+    assert (bundle / "reward.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert verify_bundle(bundle, keys.public_key).files == 8 + len(PERSONA_FILES)
 
 
 def test_official_model_signing_cli_accepts_bundle(built: Bundle, keys):
@@ -270,8 +314,7 @@ def test_refuses_existing_output_unless_overwrite(built: Bundle, tmp_path: Path,
     messages: list[str] = []
     result = build_bundle(out, _info(version="2.0.0"), models[:1], private_key=keys.private_key,
                           overwrite=True, on_progress=messages.append)
-    assert _files(out) == sorted([GGUFS[0], "README.md", "eval.json", "eval.md", "eval.png",
-                                  "edgetune.json", *PERSONA_FILES, SIGNATURE_FILE])
+    assert _files(out) == sorted([GGUFS[0], *DOCS, *PERSONA_FILES, SIGNATURE_FILE])
     assert verify_bundle(out, keys.public_key).version == result.version == "2.0.0"
     assert messages[-1] == "signing"
     _no_leftovers(tmp_path)
@@ -337,8 +380,7 @@ def test_verify_passes(built: Bundle, keys):
                                if f != SIGNATURE_FILE)
 
 
-@pytest.mark.parametrize("name", [*GGUFS, "edgetune.json", "README.md", "eval.json", "eval.md",
-                                  "eval.png"])
+@pytest.mark.parametrize("name", [*GGUFS, *DOCS])
 def test_flipped_byte_in_any_file_fails(bundle: Path, keys, name: str):
     data = bytearray((bundle / name).read_bytes())
     data[len(data) // 2] ^= 0x01

@@ -278,10 +278,11 @@ def test_verify_ok(bundle: Path, creator):
     assert result.exit_code == 0, result.stderr
     files = [p for p in bundle.rglob("*") if p.is_file() and p.name != SIGNATURE_FILE]
     size = sum(p.stat().st_size for p in files)
-    # 2 GGUFs, edgetune.json, README.md, eval.json, eval.md, eval.png, 7 persona files
-    assert len(files) == 14
+    # 2 GGUFs, edgetune.json, README.md, eval.json, eval.md, eval.png, reward.png, report.html,
+    # 7 persona files
+    assert len(files) == 16
     assert result.stdout.startswith("OK:")
-    assert result.stdout == (f"OK: cli-demo 0.3.1, 14 files, {size:,} bytes, "
+    assert result.stdout == (f"OK: cli-demo 0.3.1, 16 files, {size:,} bytes, "
                              f"signed by key {creator.key_id[:16]}…\n")
     assert result.stderr == ""
     _no_traceback(result)
@@ -293,7 +294,7 @@ def test_verify_ok_json(bundle: Path, creator):
     size = sum(p.stat().st_size for p in bundle.rglob("*")
                if p.is_file() and p.name != SIGNATURE_FILE)
     assert json.loads(result.stdout) == {"ok": True, "bundle_id": "cli-demo", "version": "0.3.1",
-                                         "key_id": creator.key_id, "files": 14, "bytes": size}
+                                         "key_id": creator.key_id, "files": 16, "bytes": size}
 
 
 def test_verify_tampered_file(bundle: Path, creator):

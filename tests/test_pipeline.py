@@ -23,7 +23,8 @@ def test_demo_build_produces_a_verified_bundle(demo_build):
                      "edgetune-demo-Q5_K_M.gguf", "edgetune-demo-Q8_0.gguf", "edgetune.json",
                      "eval.json", "eval.md", "eval.png", "model.sig", "params",
                      "personas/character-card-v2.json", "personas/llmfarm-chat.json",
-                     "personas/pocketpal-pal.json", "system", "template"]
+                     "personas/pocketpal-pal.json", "report.html", "reward.png", "system",
+                     "template"]
     # The persona's system prompt is the one GRPO trained with, in every app's file.
     from edgetune.demo import SYSTEM_PROMPT
 
@@ -38,7 +39,12 @@ def test_demo_build_produces_a_verified_bundle(demo_build):
     for metrics in report["quants"].values():
         assert metrics["ppl"] > 1 and metrics["decode_tps"] > 0 and metrics["prefill_tps"] > 0
     assert report["quants"]["Q8_0"]["ppl_ratio"] == pytest.approx(1.0, abs=0.01)
-    assert verify_bundle(bundle, public_key).files == 15  # 3 GGUFs, 5 docs, 7 persona files
+    assert verify_bundle(bundle, public_key).files == 17  # 3 GGUFs, 7 docs, 7 persona files
+    # The report page, in the bundle (signed) and beside it in out/, where it is seen first.
+    assert (out / "report.html").read_bytes() == (bundle / "report.html").read_bytes()
+    assert "<h2>Training</h2>" in (out / "report.html").read_text()
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["eval.png", "report.html",
+                                                                     "reward.png"]
     assert "Bundle:" in result.stderr and "edgetune verify" in result.stderr
     # The private key never lands in an artifact.
     assert not list(out.rglob("*.key"))
@@ -59,7 +65,8 @@ def test_training_log_and_artifacts(demo_build):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("victim", ["edgetune-demo-Q4_K_M.gguf", "edgetune-demo-Q8_0.gguf",
-                                    "edgetune.json", "README.md", "eval.json", "model.sig"])
+                                    "edgetune.json", "README.md", "eval.json", "report.html",
+                                    "reward.png", "model.sig"])
 def test_one_flipped_byte_fails_and_names_the_file(demo_build, tmp_path, victim):
     out, public_key, _ = demo_build
     bundle = tmp_path / "bundle"
@@ -88,6 +95,7 @@ def test_rebuild_with_nothing_changed_reuses_every_stage(demo_build, demo_base):
     assert result.exit_code == 0, result.stderr
     assert result.stderr.count("up to date") == 6  # train, merge, convert, quantise, eval, bundle
     assert (out / "bundle" / "model.sig").read_bytes() == signature
+    assert (out / "report.html").read_bytes() == (out / "bundle" / "report.html").read_bytes()
 
 
 @pytest.mark.slow

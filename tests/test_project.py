@@ -614,7 +614,7 @@ def test_init_then_build_makes_a_verified_bundle(demo_base, tmp_path: Path,
     result = _run("build", "--config", "coach/edgetune.yaml", "--steps", "2", "--out", "out")
     assert result.exit_code == 0, result.output + result.stderr + repr(result.exception)
     bundle = tmp_path / "out" / "bundle"
-    assert verify_bundle(bundle, home / "keys" / "edgetune.pub").files == 15
+    assert verify_bundle(bundle, home / "keys" / "edgetune.pub").files == 17  # 3 GGUFs, 7 docs, 7 personas
     manifest = json.loads((bundle / "edgetune.json").read_text())
     assert sorted(a["quant"] for a in manifest["artifacts"]) == ["Q4_K_M", "Q5_K_M", "Q8_0"]
     assert (bundle / "coach-Q4_K_M.gguf").is_file()

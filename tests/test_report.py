@@ -1,9 +1,11 @@
-"""Eval reports (eval.md, eval.png) from the demo build's real eval.json, and reading GGUF files
-for `edgetune eval`. Real files throughout; fake GGUFs hold headers only (no weights)."""
+"""Eval reports (eval.md, eval.png) from the demo build's real eval.json, the reward curve
+(reward.png) and the report page (report.html), and reading GGUF files for `edgetune eval`.
+Real files throughout; fake GGUFs hold headers only (no weights)."""
 
 from __future__ import annotations
 
 import copy
+import html.parser
 import json
 import struct
 import subprocess
@@ -16,7 +18,17 @@ import pytest
 from edgetune.errors import ModelError
 from edgetune.gguf_eval import read_gguf, render_chat
 from edgetune.pipeline import held_out_messages, held_out_rows
-from edgetune.report import markdown_table, ordered_quants, quant_chart, write_reports
+from edgetune.report import (
+    html_report,
+    markdown_table,
+    ordered_quants,
+    quant_chart,
+    read_training_log,
+    reward_chart,
+    reward_curves,
+    training_config,
+    write_reports,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -166,6 +178,192 @@ def test_build_writes_the_reports_to_eval_and_to_the_bundle(demo_build, report: 
     card = (out / "bundle" / "README.md").read_text()
     assert markdown_table(bundled) in card
     assert "![Size vs KL divergence vs decode speed](eval.png)" in card
+
+
+# --------------------------------------------------------------------------- reward curve
+
+CONFIG = {"step": 0, "event": "config", "method": "grpo", "backend": "trl", "device": "cpu",
+          "loss_type": "dapo", "beta": 0.0, "cache_implementation": None}
+
+
+def _log(correctness=(0.0, 0.25, 0.5, 0.5), warn_at: int | None = 3) -> list[dict]:
+    """A GRPO training_log.jsonl as edgetune.train writes it (fewer metrics per step)."""
+    rows = [dict(CONFIG)]
+    for step, c in enumerate(correctness, 1):
+        rows.append({"step": step, "loss": 0.01, "reward": 1.0 + c, "reward_std": 0.3,
+                     "rewards/correctness/mean": c, "rewards/correctness/std": 0.1,
+                     "rewards/xml_count/mean": 0.5, "frac_reward_zero_std": 0.5})
+        if step == warn_at:
+            rows.append({"step": step, "event": "warning", "code": "format_zero",
+                         "message": "the <answer> tags never appear"})
+    return rows
+
+
+SFT_LOG = [{**CONFIG, "method": "sft"}, {"step": 1, "loss": 6.7, "mean_token_accuracy": 0.1},
+           {"step": 2, "loss": 6.4, "mean_token_accuracy": 0.1}]
+
+
+def test_reward_curves_and_settings_from_a_log(tmp_path: Path):
+    log = _log()
+    log.insert(2, {"step": 2, "reward": 9.0, "rewards/correctness/mean": 8.0})  # before a resume
+    log.append({"step": 5, "reward": float("nan"), "rewards/correctness/mean": "x"})
+    curves = reward_curves(log)
+    assert curves.total == ((1, 1.0), (2, 1.25), (3, 1.5), (4, 1.5))  # the last value of a step
+    assert list(curves.functions) == ["correctness", "xml_count"]
+    assert curves.functions["correctness"] == ((1, 0.0), (2, 0.25), (3, 0.5), (4, 0.5))
+    assert not reward_curves(SFT_LOG) and not reward_curves([])
+    assert training_config(log)["loss_type"] == "dapo" and "event" not in training_config(log)
+    path = tmp_path / "training_log.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in log[:3]) + '\n[1]\n{"step": 3, "rew')
+    assert read_training_log(path) == tuple(log[:3])  # a torn last line is skipped
+    assert read_training_log(tmp_path / "absent.jsonl") == ()
+
+
+def test_reward_chart_is_deterministic_and_reflects_the_log(tmp_path: Path):
+    first = reward_chart(_log(), tmp_path / "a.png").read_bytes()
+    assert reward_chart(copy.deepcopy(_log()), tmp_path / "b.png").read_bytes() == first
+    chunks = _png_chunks(first)
+    kinds = [kind for kind, _ in chunks]
+    assert struct.unpack(">II", chunks[0][1][:8]) == (750, 480)
+    assert not {b"tEXt", b"iTXt", b"zTXt", b"tIME"} & set(kinds)  # no software, no timestamp
+    others = [reward_chart(log, tmp_path / f"{i}.png").read_bytes() for i, log in enumerate(
+        [_log(correctness=(0.0, 0.25, 0.5, 0.75)), _log(warn_at=None), _log()[:3]])]
+    assert len({first, *others}) == 4  # another reward, no warning, fewer steps: another chart
+
+
+def test_reward_chart_of_a_log_without_rewards_is_labelled_and_empty(tmp_path: Path):
+    from matplotlib.image import imread
+
+    sft = reward_chart(SFT_LOG, tmp_path / "sft.png")
+    none = reward_chart([], tmp_path / "none.png")
+    assert sft.read_bytes() != none.read_bytes()  # each says why it is empty
+    for path in (sft, none):
+        assert _png_chunks(path.read_bytes())[0][0] == b"IHDR"
+        rgb = imread(path)[..., :3]
+        assert (rgb.max(axis=2) - rgb.min(axis=2) < 0.05).all()  # grey text only: no curve
+
+
+# --------------------------------------------------------------------------- report page
+
+class _Page(html.parser.HTMLParser):
+    """The tags, attributes and tables (rows of cell texts) of an HTML page."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.tables: list[list[list[str]]] = []
+        self._cell: list[str] | None = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self.tables[-1][-1].append("".join(self._cell).strip())
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+MANIFEST = {"name": "coach", "version": "1.0.0", "bundle_id": "coach",
+            "created": "2025-01-02T03:04:05Z", "creator": {"name": "Ada"},
+            "base_model": {"name": "Qwen/Qwen3-0.6B", "license": "apache-2.0"},
+            "training": {"method": "grpo", "backend": "trl", "steps": 4, "dataset_rows": 30,
+                         "rewards": ["correctness", "xml_count"]}}
+FILES = [("coach-Q4_K_M.gguf", 905664), ("eval.png", 22000), ("model.sig", None),
+         ("report.html", None), ("reward.png", 30000)]
+
+
+def test_report_page_holds_the_eval_table_gates_images_and_files(report: dict):
+    failed = copy.deepcopy(report)
+    failed["quants"]["Q4_K_M"]["gate"] = {"passed": False, "reasons": ["top-1 agreement 0.9 < 1"],
+                                          "checks": {"top1": {"passed": False},
+                                                     "kld_mean": {"passed": True},
+                                                     "accuracy_drop": {"skipped": True}}}
+    failed["gates_passed"] = False
+    text = html_report(MANIFEST, failed, _log(), FILES)
+    assert text == html_report(copy.deepcopy(MANIFEST), copy.deepcopy(failed), _log(), FILES)
+    page = _Page(text)
+    images = [attrs["src"] for tag, attrs in page.tags if tag == "img"]
+    assert images == ["reward.png", "eval.png"]
+    # the eval table: the same cells as eval.md (markup aside)
+    table = markdown_table(failed)
+    expected = [line.strip("|").split(" | ") for line in table.splitlines()[:1] + [
+        line for line in table.splitlines()[2:] if line.startswith("| ")]]
+    expected = [[c.strip().replace("**FAIL**", "FAIL") for c in row] for row in expected]
+    assert next(t for t in page.tables if t[0][0] == "Quant") == expected
+    gates = next(t for t in page.tables if t[0][:2] == ["Quant", "Verdict"])
+    assert [row[:2] for row in gates[1:3]] == [["Q8_0", "pass"], ["Q5_K_M", "pass"]]
+    assert gates[3:] == [
+        ["Q4_K_M", "FAIL", "1 of 2 passed; skipped: accuracy_drop", "top-1 agreement 0.9 < 1"]]
+    assert "Target phone: gates failed." in " ".join(text.replace("<code>", "").replace(
+        "</code>", "").replace('<span class="fail">', "").replace("</span>", "").split())
+    files = next(t for t in page.tables if t[0][0] == "File")
+    assert files[1:] == [["coach-Q4_K_M.gguf", "884.4 KiB", "905,664"],
+                         ["eval.png", "21.5 KiB", "22,000"], ["model.sig", "-", "-"],
+                         ["report.html", "-", "-"], ["reward.png", "29.3 KiB", "30,000"]]
+    settings = next(t for t in page.tables if t[0][0] == "method")
+    assert ["loss_type", "dapo"] in settings and ["cache_implementation", "-"] in settings
+    rewards = next(t for t in page.tables if t[0][0] == "Reward")
+    assert rewards[1] == ["total", "1.000 (step 1)", "1.500 (step 4)", "1.500 (step 3)"]
+    assert "Step 3 (format_zero): the &lt;answer&gt; tags never appear" in text.replace(
+        "<code>", "").replace("</code>", "")
+    assert "2025-01-02T03:04:05Z" in text
+
+
+def test_report_page_escapes_hostile_text_and_loads_nothing():
+    evil = '<script>alert(1)</script><img src=x onerror="alert(2)">'
+    manifest = {**MANIFEST, "name": evil, "version": evil, "creator": {"name": evil},
+                "base_model": {"name": evil, "license": evil},
+                "training": {**MANIFEST["training"], "rewards": [evil]}}
+    eval_report = {"target": evil, "gates_passed": False,
+                   "quants": {evil: {"size_bytes": 10, "gate": {"passed": False,
+                                                                "reasons": [evil]}}}}
+    log = [{**CONFIG, evil: evil}, {"step": 1, "reward": 1.0, f"rewards/{evil}/mean": 1.0},
+           {"step": 1, "event": "warning", "code": evil, "message": evil}]
+    text = html_report(manifest, eval_report, log, [(evil, 1)])
+    page = _Page(text)
+    assert "<script" not in text.lower() and 'onerror="' not in text
+    assert {tag for tag, _ in page.tags} <= {
+        "html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "small", "p", "code",
+        "table", "tr", "th", "td", "img", "div", "span", "ul", "li", "br"}
+    assert [a["src"] for tag, a in page.tags if tag == "img"] == ["reward.png", "eval.png"]
+    assert not any(k.startswith("on") for _, attrs in page.tags for k in attrs)
+    assert "http" not in text.replace('http-equiv="Content-Security-Policy"', "")  # no URL
+    assert text.count(html.escape(evil)) >= 8
+    # no log, no results: the page still says what it can
+    bare = html_report({}, {}, (), ())
+    assert "No training log was recorded." in bare and "No per-quant results" in bare
+
+
+@pytest.mark.slow
+def test_build_writes_the_report_page_to_out_and_to_the_bundle(demo_build, tmp_path: Path):
+    from edgetune.bundle import verify_bundle
+
+    out, public_key, _ = demo_build
+    bundle = out / "bundle"
+    for name in ("report.html", "reward.png", "eval.png"):  # the bundle's own, beside it
+        assert (out / name).read_bytes() == (bundle / name).read_bytes()
+    log = read_training_log(out / "adapter" / "training_log.jsonl")
+    assert len(reward_curves(log).total) == 6 and training_config(log)["method"] == "grpo"
+    assert (bundle / "reward.png").read_bytes() == \
+        reward_chart(log, tmp_path / "r.png").read_bytes()
+    page = _Page((bundle / "report.html").read_text())
+    files = next(t for t in page.tables if t[0][0] == "File")
+    assert [row[0] for row in files[1:]] == sorted(
+        p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file())
+    settings = dict(row for row in next(t for t in page.tables if t[0][0] == "method"))
+    assert settings["device"] == training_config(log)["device"]
+    assert verify_bundle(bundle, public_key).files == 17
 
 
 # --------------------------------------------------------------------------- GGUF files

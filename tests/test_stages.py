@@ -145,6 +145,13 @@ def test_sigkill_in_every_stage_then_rerun_gives_a_verified_bundle(demo_base, tm
     assert retarget.returncode == 0, retarget.stderr[-2000:]
     assert retarget.stderr.count("up to date") == 4  # train, merge, convert, quantise
 
+    # --from redoes a stage even though it is up to date; --to stops after one.
+    partial = subprocess.run(_build_cmd(out, demo_base, "--from", "quantise", "--to", "quantise",
+                                        "--json"), env=_env(home), capture_output=True, text=True)
+    assert partial.returncode == 0, partial.stderr[-2000:]
+    assert json.loads(partial.stdout)["stopped_after"] == "quantise"
+    assert partial.stderr.count("up to date") == 3  # train, merge, convert
+
 
 @pytest.mark.slow
 def test_two_targets_share_training_and_get_a_bundle_each(demo_base, tmp_path: Path):

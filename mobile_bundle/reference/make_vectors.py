@@ -3,8 +3,9 @@
 
     python mobile_bundle/reference/make_vectors.py [OUT_DIR]     (default: vectors/ here)
 
-Writes a good bundle (built and signed by edgetune itself, holding a tiny valid GGUF; its eval
-chart is swapped for a 1x1 PNG and re-signed, to keep the folder small), tampered copies of
+Writes a good bundle (built and signed by edgetune itself, holding a tiny valid GGUF; its
+charts are swapped for 1x1 PNGs and its report page for a stub, then re-signed, to keep the
+folder small), tampered copies of
 it, licences and revocation lists, and ``index.json`` listing each case with the exit code and
 offending file a verifier must report. The keys are PUBLIC TEST KEYS: their
 private halves are committed next to the vectors, so they prove nothing outside these tests.
@@ -23,7 +24,7 @@ import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 
-from edgetune.bundle import BundleInfo, BundleModel, build_bundle, gguf_file_name
+from edgetune.bundle import REPORT_FILE, BundleInfo, BundleModel, build_bundle, gguf_file_name
 from edgetune.tinymodel import CHATML_TEMPLATE
 from edgetune.licences import issue_licence, revoke, write_licence
 from edgetune.signing import generate_keypair, sign_bundle
@@ -130,9 +131,13 @@ def make_vectors(out: Path) -> list[dict]:
     build_bundle(good, _info(), [BundleModel("Q4_K_M", work / GGUF, "llama", 64, 1 << 20)],
                  private_key=key)
     shutil.rmtree(work)
-    if (good / "eval.png").exists():  # a 24 KB chart, repeated in every copy: keep the layout,
-        (good / "eval.png").write_bytes(_tiny_png())  # not the pixels (verifiers never look)
-        sign_bundle(good, key)
+    # The charts (20-40 KB each) and the report page (5 KB) are repeated in every copy: keep
+    # the layout, not the content (verifiers never look).
+    for chart in sorted(good.glob("*.png")):
+        chart.write_bytes(_tiny_png())
+    (good / REPORT_FILE).write_text("<!DOCTYPE html>\n<title>Test vector: the report page is "
+                                    "left out</title>\n")
+    sign_bundle(good, key)
 
     cases: list[dict] = []
 
