@@ -1,8 +1,10 @@
 """evaluate: every quant against the F16 model, in llama.cpp, on held-out data.
 
-Per quant: fidelity against F16 in lockstep (perplexity and its ratio, mean/p99 KL divergence,
-top-1 agreement, delta-p: ``edgetune.fidelity``), task accuracy on the held-out questions
-(``edgetune.accuracy``), prefill/decode speed, file size and the RAM a phone needs. With a
+Per quant: fidelity against F16 (perplexity and its ratio, mean/p99 KL divergence, top-1
+agreement, delta-p: ``edgetune.fidelity``; every quant, and every quant built without the
+imatrix, runs in lockstep with a single F16 pass), task accuracy on the held-out questions
+(``edgetune.accuracy``), prefill/decode speed as llama-bench measures it, file size and the RAM
+a phone needs. With a
 profile, each quant is gated against its thresholds (``edgetune.gates``); a failure stops the
 build after eval.json is written, unless the failure is explicitly accepted.
 """
@@ -10,6 +12,7 @@ build after eval.json is written, unless the failure is explicitly accepted.
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +28,10 @@ from edgetune.gates import GateFailure, gate_report
 from edgetune.profiles import QuantProfile
 
 
+# Prefix of the name under which a quant built without the imatrix is compared.
+_PLAIN = "without-imatrix/"
+
+
 def evaluate(f16: GgufModel, quants: QuantizedModels, eval_texts: Sequence[str], out: Path, *,
              context_length: int, n_ctx: int = 512, overwrite: bool = False,
              qa_rows: Sequence[QARow] = (), system_prompt: str = "", answer_format: str = "reasoning",
@@ -36,24 +43,37 @@ def evaluate(f16: GgufModel, quants: QuantizedModels, eval_texts: Sequence[str],
     Raises ``GateFailure`` (after writing the report) when a quant fails its gates and
     ``accept_gate_failure`` is false.
     """
-    from edgetune.fidelity import compare, eval_tokens
+    from edgetune.fidelity import compare_many, eval_tokens
 
     models = {"F16": f16.gguf, **{q: quants.gguf(q) for q in quants.files}}
+    # Every quant, and every quant built without the imatrix, against one F16 pass.
+    plain = {q: quants.path / quants.without_imatrix[q]
+             for q in quants.files if q in quants.without_imatrix}
+    compared = {**{q: p for q, p in models.items() if q != "F16"},
+                **{_PLAIN + q: p for q, p in plain.items()}}
     tokens = eval_tokens(f16.gguf, "\n\n".join(eval_texts))
+    steps = len(models) + 1
+    if on_progress:
+        on_progress("fidelity", 0, steps)
+    fidelity: dict = {}
+    for group in fidelity_groups(f16.gguf.stat().st_size,
+                                 {name: path.stat().st_size for name, path in compared.items()},
+                                 _memory_bytes() // 2):
+        fidelity.update(compare_many(f16.gguf, {name: compared[name] for name in group}, tokens,
+                                     n_ctx=n_ctx))
     results: dict[str, dict] = {}
-    for i, (quant, path) in enumerate(models.items()):
+    for i, (quant, path) in enumerate(models.items(), start=1):
         if on_progress:
-            on_progress(quant, i, len(models))
+            on_progress(quant, i, steps)
         metrics: dict = {"file": path.name, "size_bytes": path.stat().st_size}
         if quant != "F16":
-            metrics.update(compare(f16.gguf, path, tokens, n_ctx=n_ctx).as_dict())
-            metrics["imatrix"] = quant in quants.without_imatrix
+            metrics.update(fidelity[quant].as_dict())
+            metrics["imatrix"] = quant in plain
             if metrics["imatrix"]:
-                plain = compare(f16.gguf, quants.path / quants.without_imatrix[quant], tokens,
-                                n_ctx=n_ctx).as_dict()
-                metrics["without_imatrix"] = plain
-                if plain["kld_mean"] > 0:
-                    metrics["imatrix_kld_reduction"] = 1 - metrics["kld_mean"] / plain["kld_mean"]
+                without = fidelity[_PLAIN + quant].as_dict()
+                metrics["without_imatrix"] = without
+                if without["kld_mean"] > 0:
+                    metrics["imatrix_kld_reduction"] = 1 - metrics["kld_mean"] / without["kld_mean"]
         metrics.update(speed(path))
         metrics["ram_needed_bytes"] = ram_needed(path, context_length)
         metrics["k_quant_fallbacks"] = quants.fallbacks.get(quant, 0)
@@ -83,6 +103,32 @@ def evaluate(f16: GgufModel, quants: QuantizedModels, eval_texts: Sequence[str],
     return dataclasses.replace(artifact, path=out)
 
 
+def fidelity_groups(base_bytes: int, sizes: dict[str, int], budget_bytes: int) -> list[list[str]]:
+    """Split the quants into groups that run in lockstep with one F16 pass each.
+
+    Every model of a group is loaded at once, so a group's files plus the F16 file stay within
+    ``budget_bytes`` where possible (a quant too big for any group still gets its own). One group,
+    a single F16 pass, whenever everything fits: always for phone-sized models on a build
+    machine.
+    """
+    groups: list[list[str]] = []
+    room = 0
+    for name, size in sizes.items():
+        if not groups or size > room:
+            groups.append([])
+            room = budget_bytes - base_bytes
+        groups[-1].append(name)
+        room -= size
+    return groups
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 16 * 2**30
+
+
 def _fill_reference(results: dict[str, dict]) -> None:
     """F16 is the reference: its perplexity is every comparison's base, its ratios are 1."""
     f16 = results["F16"]
@@ -98,9 +144,13 @@ def _fill_reference(results: dict[str, dict]) -> None:
 def speed(path: Path, *, prompt_tokens: int = 128, gen_tokens: int = 32, reps: int = 3) -> dict:
     """Prefill/decode tokens/s, time to first token and peak RSS, measured in a fresh process.
 
-    The llama-bench way: a warm-up run, then the median of ``reps``, fixed threads, synchronised
-    timers. A child process per model makes its peak RSS the model's own (load + run), not the
-    high-water mark of everything this process loaded before.
+    llama-bench's method (``llama-bench -p <prompt_tokens> -n <gen_tokens> -r <reps>`` with the
+    same threads gives the same figures within 10%, tests/test_eval_bench.py): prefill is one
+    ``prompt_tokens`` batch into an empty context, decode is ``gen_tokens`` single-token steps
+    from an empty context, each after a warm-up, and each figure is the mean tokens/s over
+    ``reps``. ``ttft_ms``: the prefill plus the first decode step after it. A child process per
+    model makes its peak RSS the model's own (load + run), not the high-water mark of everything
+    this process loaded before.
     """
     import json
     import subprocess
@@ -118,42 +168,97 @@ def speed(path: Path, *, prompt_tokens: int = 128, gen_tokens: int = 32, reps: i
 
 
 def _speed(path: Path, prompt_tokens: int, gen_tokens: int, reps: int) -> dict:
-    import resource
+    """The measurement itself, following tools/llama-bench/llama-bench.cpp (``test_prompt``,
+    ``test_gen``): raw ``llama_decode`` calls, no Python work inside the timed loops."""
+    import random
 
     import llama_cpp
 
-    llm = llamacpp.open_gguf(path, n_ctx=prompt_tokens + gen_tokens + 8)
+    n_threads = llamacpp.threads()
+    # llama-bench's context: batch and micro-batch 512 (its n_batch of 2048 is capped at n_ctx),
+    # flash attention on (its "auto" on CPU), the same threads for prompt and generation.
+    llm = llama_cpp.Llama(str(path), n_ctx=prompt_tokens + gen_tokens + 1, n_batch=512,
+                          n_ubatch=512, flash_attn=True, n_threads=n_threads,
+                          n_threads_batch=n_threads, verbose=False)
     try:
-        vocab = llm.n_vocab()
-        prompt = [(i * 7919) % (vocab - 10) + 10 for i in range(prompt_tokens)]
+        ctx = llm.ctx
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+        bos = llama_cpp.llama_vocab_bos(vocab) if llama_cpp.llama_vocab_get_add_bos(vocab) else None
+        rng = random.Random(0)
+        prompt = [rng.randrange(n_vocab) for _ in range(prompt_tokens)]
+        if bos is not None:
+            prompt[0] = bos
+        prompt_batches = [(llama_cpp.llama_token * len(part))(*part)
+                          for part in (prompt[i:i + 512] for i in range(0, prompt_tokens, 512))]
+        gen = [(llama_cpp.llama_token * 1)(bos if bos is not None else rng.randrange(n_vocab))]
+        gen += [(llama_cpp.llama_token * 1)(rng.randrange(n_vocab)) for _ in range(gen_tokens)]
 
-        def run() -> tuple[float, float, float]:
-            llm.reset()
-            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llm.ctx), True)
+        def decode(tokens) -> None:
+            rc = llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(tokens, len(tokens)))
+            if rc != 0:
+                raise RuntimeError(f"llama_decode returned {rc}")
+
+        def clear() -> None:
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), False)
+
+        def prefill(first_token: bool = False) -> float:
+            """Seconds for the prompt into an empty context (llama-bench's pp test), or with
+            ``first_token`` for the prompt and one decode step after it (time to first token)."""
+            clear()
             t0 = time.perf_counter()
-            llm.eval(prompt)
-            llama_cpp.llama_synchronize(llm.ctx)
-            t1 = time.perf_counter()
-            first = t1
-            for i in range(gen_tokens):
-                llm.eval([prompt[i % prompt_tokens]])
-                if i == 0:
-                    llama_cpp.llama_synchronize(llm.ctx)
-                    first = time.perf_counter()
-            t2 = time.perf_counter()
-            return prompt_tokens / (t1 - t0), gen_tokens / (t2 - t1), first - t0
+            for part in prompt_batches:
+                decode(part)
+            if first_token:
+                decode(gen[1])
+            llama_cpp.llama_synchronize(ctx)
+            return time.perf_counter() - t0
 
-        run()  # warm-up
-        samples = [run() for _ in range(reps)]
+        def generate(n: int) -> float:
+            """Seconds for ``n`` single-token steps from an empty context (llama-bench's tg)."""
+            clear()
+            t0 = time.perf_counter()
+            for token in gen[:n]:
+                decode(token)
+                llama_cpp.llama_synchronize(ctx)
+            return time.perf_counter() - t0
+
+        # llama-bench's order: each test's warm-up (one whole prompt; one generated token) right
+        # before its repetitions. A change of batch shape rebuilds the compute graph, which
+        # alternating the two tests would pay inside every timed repetition.
+        prefill()
+        prefills = [prefill() for _ in range(reps)]
+        generate(1)
+        decodes = [generate(gen_tokens) for _ in range(reps)]
+        firsts = [prefill(first_token=True) for _ in range(reps)]
     finally:
         llm.close()
     return {
-        "prefill_tps": statistics.median(s[0] for s in samples),
-        "decode_tps": statistics.median(s[1] for s in samples),
-        "ttft_ms": 1000 * statistics.median(s[2] for s in samples),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
-        "threads": llamacpp.threads(),
+        "prefill_tps": statistics.mean(prompt_tokens / pp for pp in prefills),
+        "decode_tps": statistics.mean(gen_tokens / tg for tg in decodes),
+        "ttft_ms": 1000 * statistics.median(firsts),
+        "peak_rss_mb": _peak_rss_mb(),
+        "threads": n_threads,
     }
+
+
+def _peak_rss_mb() -> float:
+    """This process's own peak resident memory, in MiB.
+
+    Not ``getrusage``'s ``ru_maxrss`` on Linux: exec carries the parent's high-water mark into
+    it, so a child of a 2 GB build process reports 2 GB whatever it loads. ``VmHWM`` belongs to
+    the address space that exec created.
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, else KiB
 
 
 def ram_needed(path: Path, context_length: int) -> int:

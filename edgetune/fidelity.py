@@ -9,9 +9,10 @@ Hand-written because nothing off the shelf does it in-process: llama-cpp-python 
 but no KL divergence, and ``llama-perplexity --kl-divergence`` runs out of process and first
 writes every scored distribution of the base model to disk (``n_vocab`` x 2 bytes per scored
 token: tens of GB for a 150k-vocabulary model on wikitext-2's test set). Here the F16 model and
-the quant run in lockstep instead, one chunk at a time: evaluate the base on a chunk, evaluate
-the quant on the same chunk, fold that chunk's statistics into running sums, drop both. Memory
-stays at one chunk of logits per model whatever the length of the text.
+the quants run in lockstep instead, one chunk at a time: evaluate the base on a chunk, evaluate
+every quant on the same chunk, fold that chunk's statistics into running sums, drop them all.
+The F16 pass is paid once for any number of quants (``compare_many``), and memory stays at one
+chunk of logits per model whatever the length of the text.
 
 The method follows ``tools/perplexity/perplexity.cpp`` (``perplexity`` and ``kl_divergence``) of
 the llama.cpp that llama-cpp-python vendors, so the figures are comparable with published ones:
@@ -49,9 +50,10 @@ n_ctx 512 moves its logits in the last bits (quant PPL ~1e-4 relative at n_ctx 1
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,18 +109,37 @@ def compare(base_gguf: Path, quant_gguf: Path, tokens: list[int], *, n_ctx: int 
             on_chunk: Callable[[int, int], None] | None = None) -> Fidelity:
     """Compare ``quant_gguf`` with ``base_gguf`` on ``tokens`` (from :func:`eval_tokens`).
 
-    Both models are loaded at once and run chunk by chunk on ``threads`` threads (default
-    :func:`edgetune.llamacpp.threads`); ``on_chunk(done, total)`` is called after each chunk.
+    One quant: :func:`compare_many` with a single entry; the same errors.
+    """
+    return compare_many(base_gguf, {"quant": quant_gguf}, tokens, n_ctx=n_ctx, threads=threads,
+                        on_chunk=on_chunk)["quant"]
+
+
+def compare_many(base_gguf: Path, quants: Mapping[str, Path], tokens: list[int], *,
+                 n_ctx: int = 512, threads: int | None = None,
+                 on_chunk: Callable[[int, int], None] | None = None) -> dict[str, Fidelity]:
+    """Compare every GGUF in ``quants`` (name -> path) with ``base_gguf`` on ``tokens``.
+
+    The base model evaluates each chunk once, then every quant evaluates the same chunk and its
+    statistics are folded in against the base's log-probs: the F16 pass, usually the most
+    expensive one, is paid once whatever the number of quants. All the models are loaded at once
+    (memory-mapped) and each holds at most one chunk of logits. Runs on ``threads`` threads
+    (default :func:`edgetune.llamacpp.threads`); ``on_chunk(done, total)`` is called after each
+    chunk. Returns one :class:`Fidelity` per name, in the order given.
 
     Raises ``DataError`` when ``tokens`` holds fewer than ``2 * n_ctx`` tokens (llama-perplexity
     refuses the same: "you need at least 2*n_ctx tokens"), ``ConfigError`` for an ``n_ctx`` below
-    4 and ``ModelError`` when a file is missing or the two models do not share a vocabulary.
+    4 or no quants, and ``ModelError`` when a file is missing or a quant does not share the base
+    model's vocabulary.
     """
     import numpy as np
 
     if n_ctx < 4:
         raise ConfigError(f"evaluation context of {n_ctx} tokens is too small",
                           hint="use n_ctx of at least 4 (llama-perplexity's default is 512)")
+    if not quants:
+        raise ConfigError("no quant to compare with the F16 model",
+                          hint="pass at least one quantised GGUF")
     if len(tokens) < 2 * n_ctx:
         raise DataError(
             f"evaluation text has {len(tokens)} tokens; llama-perplexity's method needs at least "
@@ -126,39 +147,57 @@ def compare(base_gguf: Path, quant_gguf: Path, tokens: list[int], *, n_ctx: int 
             hint="add more held-out text or lower the evaluation context (n_ctx)",
         )
     _require_file(base_gguf)
-    _require_file(quant_gguf)
+    for path in quants.values():
+        _require_file(path)
     n_threads = threads or llamacpp.threads()
     n_chunks = len(tokens) // n_ctx
     first = n_ctx // 2
-    stats = _Stats()
+    stats = {name: _Stats() for name in quants}
 
-    base = _open(base_gguf, n_ctx, n_threads)
-    try:
-        quant = _open(quant_gguf, n_ctx, n_threads)
-        try:
-            bos = _check_same_vocab(base, quant, base_gguf, quant_gguf, tokens)
-            for c in range(n_chunks):
-                chunk = list(tokens[c * n_ctx:(c + 1) * n_ctx])
-                if bos is not None:
-                    chunk[0] = bos
-                targets = np.asarray(tokens[c * n_ctx + first + 1:(c + 1) * n_ctx])
-                # Each Llama keeps its own logits buffer, so the base's chunk stays in place
-                # while the quant evaluates the same chunk; both are overwritten next chunk.
-                for llm in (base, quant):
-                    llm.reset()
-                    llm.eval(chunk)
-                for lo in range(first, n_ctx - 1, _ROWS_PER_BLOCK):
-                    hi = min(lo + _ROWS_PER_BLOCK, n_ctx - 1)
-                    stats.add(np.asarray(base.scores[lo:hi], dtype=np.float64),
-                              np.asarray(quant.scores[lo:hi], dtype=np.float64),
-                              targets[lo - first:hi - first])
-                if on_chunk:
-                    on_chunk(c + 1, n_chunks)
-        finally:
-            quant.close()
-    finally:
-        base.close()
-    return stats.result(n_chunks)
+    with contextlib.ExitStack() as stack:
+        base = _open(base_gguf, n_ctx, n_threads)
+        stack.callback(base.close)
+        models = {}
+        for name, path in quants.items():
+            models[name] = _open(path, n_ctx, n_threads)
+            stack.callback(models[name].close)
+        bos = None
+        for name, llm in models.items():
+            bos = _check_same_vocab(base, llm, base_gguf, quants[name], tokens)
+        for c in range(n_chunks):
+            chunk = list(tokens[c * n_ctx:(c + 1) * n_ctx])
+            if bos is not None:
+                chunk[0] = bos
+            targets = np.asarray(tokens[c * n_ctx + first + 1:(c + 1) * n_ctx])
+            # Each Llama keeps its own logits buffer: every model's chunk stays in place until
+            # all are scored, and is overwritten by the next chunk.
+            for llm in (base, *models.values()):
+                llm.reset()
+                llm.eval(chunk)
+            for lo in range(first, n_ctx - 1, _ROWS_PER_BLOCK):
+                hi = min(lo + _ROWS_PER_BLOCK, n_ctx - 1)
+                block = _BaseBlock(np.asarray(base.scores[lo:hi], dtype=np.float64),
+                                   targets[lo - first:hi - first])
+                for name, llm in models.items():
+                    stats[name].add(block, np.asarray(llm.scores[lo:hi], dtype=np.float64))
+            if on_chunk:
+                on_chunk(c + 1, n_chunks)
+    return {name: s.result(n_chunks) for name, s in stats.items()}
+
+
+class _BaseBlock:
+    """The base model's side of a block of scored rows, computed once for every quant."""
+
+    def __init__(self, logits, targets) -> None:
+        import numpy as np
+
+        self.targets = targets
+        self.rows = np.arange(len(targets))
+        self.logp = _log_softmax(logits)
+        # Only entries with base log-prob above -16 count in the KLD, as in perplexity.cpp.
+        self.weights = np.where(self.logp > _MIN_BASE_LOG_PROB, np.exp(self.logp), 0.0)
+        self.nll = -self.logp[self.rows, targets]
+        self.top = self.logp.argmax(axis=1)
 
 
 class _Stats:
@@ -171,24 +210,19 @@ class _Stats:
                                    "dp", "dp2"), 0.0)
         self.kld_values: list = []
 
-    def add(self, base_logits, quant_logits, targets) -> None:
+    def add(self, base: _BaseBlock, quant_logits) -> None:
         import numpy as np
 
-        rows = np.arange(len(targets))
-        base_logp = _log_softmax(base_logits)
         quant_logp = _log_softmax(quant_logits)
-        nll = -quant_logp[rows, targets]
-        nll_base = -base_logp[rows, targets]
-        # Only entries with base log-prob above -16 count, as in perplexity.cpp.
-        terms = np.exp(base_logp) * (base_logp - quant_logp)
-        kld = np.where(base_logp > _MIN_BASE_LOG_PROB, terms, 0.0).sum(axis=1)
-        dp = np.exp(-nll) - np.exp(-nll_base)
+        nll = -quant_logp[base.rows, base.targets]
+        kld = (base.weights * (base.logp - quant_logp)).sum(axis=1)
+        dp = np.exp(-nll) - np.exp(-base.nll)
         s = self.sums
-        for name, x in (("nll", nll), ("nll_base", nll_base), ("kld", kld), ("dp", dp)):
+        for name, x in (("nll", nll), ("nll_base", base.nll), ("kld", kld), ("dp", dp)):
             s[name] += float(x.sum())
             s[name + "2"] += float((x * x).sum())
-        self.same_top += int((quant_logits.argmax(axis=1) == base_logp.argmax(axis=1)).sum())
-        self.count += len(targets)
+        self.same_top += int((quant_logits.argmax(axis=1) == base.top).sum())
+        self.count += len(base.targets)
         self.kld_values.append(kld.astype(np.float32))
 
     def result(self, n_chunks: int) -> Fidelity:

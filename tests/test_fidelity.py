@@ -12,7 +12,7 @@ import pytest
 from edgetune import llamacpp
 from edgetune.convert import run_converter
 from edgetune.errors import ConfigError, DataError, ModelError
-from edgetune.fidelity import Fidelity, compare, eval_tokens
+from edgetune.fidelity import Fidelity, compare, compare_many, eval_tokens
 from edgetune.quantise import count_fallbacks, quantise_file
 from tests.conftest import SAMPLE_TEXTS
 
@@ -53,8 +53,13 @@ def tokens(ggufs) -> list[int]:
 
 @pytest.fixture(scope="module")
 def ours(ggufs, tokens) -> dict[str, Fidelity]:
-    return {q: compare(ggufs["F16"], ggufs[q], tokens, n_ctx=N_CTX, threads=THREADS)
-            for q in QUANTS}
+    """All three quants against one F16 pass, as evaluate() runs them."""
+    progress = []
+    results = compare_many(ggufs["F16"], {q: ggufs[q] for q in QUANTS}, tokens, n_ctx=N_CTX,
+                           threads=THREADS, on_chunk=lambda done, total: progress.append(done))
+    assert list(results) == list(QUANTS)
+    assert progress == list(range(1, 13))  # one pass over the chunks, not one per quant
+    return results
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +114,18 @@ def test_kld_grows_as_bits_shrink(ours):
         assert set(ours[q].as_dict()) == {f.name for f in Fidelity.__dataclass_fields__.values()}
 
 
+def test_lockstep_figures_are_those_of_one_quant_at_a_time(ggufs, tokens, ours):
+    """Sharing the F16 pass changes nothing: every figure is identical to a separate compare()."""
+    for quant in ("Q8_0", "Q4_K_M"):
+        alone = compare(ggufs["F16"], ggufs[quant], tokens, n_ctx=N_CTX, threads=THREADS)
+        assert alone == ours[quant]
+    # The same file twice under two names: two identical results, nothing mixed up.
+    twice = compare_many(ggufs["F16"], {"a": ggufs["Q4_K_M"], "b": ggufs["Q4_K_M"]},
+                         tokens[:4 * N_CTX], n_ctx=N_CTX, threads=THREADS)
+    assert twice["a"] == twice["b"] != compare(ggufs["F16"], ggufs["Q5_K_M"], tokens[:4 * N_CTX],
+                                                n_ctx=N_CTX, threads=THREADS)
+
+
 def test_a_model_against_itself_is_perfect(ggufs, tokens):
     """Also the smallest input accepted: exactly two chunks."""
     progress = []
@@ -140,6 +157,11 @@ def test_bad_arguments_are_clear_errors(ggufs, tokens, tmp_path):
         compare(ggufs["F16"], ggufs["Q8_0"], tokens, n_ctx=2)
     with pytest.raises(ModelError, match="does not exist"):
         compare(ggufs["F16"], tmp_path / "missing.gguf", tokens)
+    with pytest.raises(ModelError, match="missing.gguf does not exist"):
+        compare_many(ggufs["F16"], {"Q8_0": ggufs["Q8_0"], "gone": tmp_path / "missing.gguf"},
+                     tokens)
+    with pytest.raises(ConfigError, match="no quant"):
+        compare_many(ggufs["F16"], {}, tokens)
 
 
 def test_bos_replaces_the_first_token_of_every_chunk(ggufs, tmp_path):
@@ -233,3 +255,16 @@ def _parse_kld(out: str) -> dict:
         "delta_p_mean": number(r"Mean\s+Δp:\s*(-?[\d.]+)") / 100,
         "delta_p_se": number(r"Mean\s+Δp:\s*-?[\d.]+\s*±\s*([\d.]+)") / 100,
     }
+
+
+def test_evaluate_runs_every_quant_against_one_f16_pass_while_memory_allows():
+    from edgetune.evaluate import fidelity_groups
+
+    sizes = {"Q8_0": 8, "Q5_K_M": 5, "Q4_K_M": 4, "without-imatrix/Q4_K_M": 4}
+    assert fidelity_groups(16, sizes, 64) == [list(sizes)]
+    # Each group's files and the F16 file fit the budget; order is kept.
+    assert fidelity_groups(16, sizes, 30) == [["Q8_0", "Q5_K_M"],
+                                              ["Q4_K_M", "without-imatrix/Q4_K_M"]]
+    # A quant bigger than the budget still runs, on its own.
+    assert fidelity_groups(16, {"big": 40, "Q4_K_M": 4}, 30) == [["big"], ["Q4_K_M"]]
+    assert fidelity_groups(16, {}, 30) == []
