@@ -89,7 +89,10 @@ _STARTS = {"train": "adapter.checkpoints", "merge": ".merged.", "convert": ".ggu
            "quantise": ".quants.", "evaluate": ".eval.", "bundle": ".bundle."}
 
 
-def _started(out: Path, stage: str) -> bool:
+def _started(out: Path, stage: str, since: float) -> bool:
+    if stage == "evaluate":  # writes its folder only at the very end: it starts once quantise
+        stamp = out / ".edgetune" / "stages" / "quantise.json"  # has stamped its output
+        return stamp.is_file() and stamp.stat().st_mtime >= since
     mark = _STARTS[stage]
     return out.is_dir() and any(p.name.startswith(mark) for p in out.iterdir())
 
@@ -108,9 +111,11 @@ def test_sigkill_in_every_stage_then_rerun_gives_a_verified_bundle(demo_base, tm
         # random point; a stage that finishes first is retried with a shorter window.
         window = 0.4
         for _attempt in range(5):
-            proc = subprocess.Popen(_build_cmd(out, demo_base, "--from", stage), env=_env(home),
+            since = time.time() - 1
+            first = "quantise" if stage == "evaluate" else stage
+            proc = subprocess.Popen(_build_cmd(out, demo_base, "--from", first), env=_env(home),
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            while proc.poll() is None and not _started(out, stage):
+            while proc.poll() is None and not _started(out, stage, since):
                 time.sleep(0.005)
             time.sleep(rng.uniform(0, window))
             if proc.poll() is None:
