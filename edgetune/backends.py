@@ -136,6 +136,7 @@ class TrlBackend:
     """transformers + PEFT: the portable path."""
 
     name = "trl"
+    split_base = False  # True in a ZeRO-3 process: the base is spread over several GPUs
 
     def load(self, base, config, *, init_adapter, on_note):
         import torch
@@ -145,14 +146,19 @@ class TrlBackend:
         from edgetune.train import LORA_TARGETS
 
         cuda = torch.cuda.is_available()
-        bits = plan_base_bits(base, config, on_note)
+        if self.split_base:  # ZeRO-3 (edgetune.distributed): the one-GPU check does not apply
+            bits = 16
+        else:
+            bits = plan_base_bits(base, config, on_note)
         bf16 = cuda and torch.cuda.is_bf16_supported()
         dtype = torch.bfloat16 if bf16 else torch.float32
         kwargs: dict[str, Any] = {"dtype": dtype}
         if bits == 4:
             from transformers import BitsAndBytesConfig
 
-            kwargs.update(device_map={"": 0}, quantization_config=BitsAndBytesConfig(
+            # This process's GPU: several run under accelerate (edgetune.distributed).
+            device = int(os.environ.get("LOCAL_RANK", "0"))
+            kwargs.update(device_map={"": device}, quantization_config=BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
                 bnb_4bit_use_double_quant=True))
         model = AutoModelForCausalLM.from_pretrained(base, **kwargs)

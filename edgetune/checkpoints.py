@@ -94,13 +94,33 @@ class StopOnSignal:
         raise AttributeError(name)
 
     def on_step_end(self, args, state, control, **_kw):
-        if self.requested:
+        if self._agreed():
             control.should_save = True
             control.should_training_stop = True
 
-    # The Trainer logs (and calls on_step) after on_step_end: a Ctrl-C arriving then must still
-    # stop at this step, not run one more whole step first.
-    on_log = on_step_end
+    def on_log(self, args, state, control, **_kw):
+        # The Trainer logs (and calls on_step) after on_step_end: a Ctrl-C arriving then must
+        # still stop at this step, not run one more whole step first. With several processes
+        # only on_step_end decides: they must all stop (and save) at the same step.
+        if self.requested and not _distributed():
+            control.should_save = True
+            control.should_training_stop = True
+
+    def _agreed(self) -> bool:
+        """With several training processes (edgetune.distributed), stop when any of them was
+        asked to: the signal reaches them at slightly different moments, and a process that
+        stops alone would leave the others waiting for it forever."""
+        if not _distributed():
+            return self.requested
+        import torch
+        import torch.distributed as dist
+
+        device = (torch.device("cuda", torch.cuda.current_device())
+                  if dist.get_backend() == "nccl" else torch.device("cpu"))
+        flag = torch.tensor([int(self.requested)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        self.requested = bool(flag.item())
+        return self.requested
 
     def installed(self, note: Callable[[str], None]):
         import contextlib
@@ -126,6 +146,15 @@ class StopOnSignal:
                 signal.signal(signal.SIGINT, previous)
 
         return scope()
+
+
+def _distributed() -> bool:
+    """True inside a training process of a multi-GPU run (torch.distributed, world size > 1)."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    return bool(dist and dist.is_available() and dist.is_initialized()
+                and dist.get_world_size() > 1)
 
 
 def data_digest(rows: Sequence[Any]) -> str:

@@ -71,6 +71,9 @@ def _training_options(fn):
                      help="Save a resumable checkpoint every N steps (0: only on Ctrl-C)."),
         click.option("--resume", is_flag=True,
                      help="Continue an interrupted run from its last checkpoint."),
+        click.option("--gpus", type=click.IntRange(min=1), default=None,
+                     help="Train on N GPUs of this machine through accelerate (data parallel; "
+                          "DeepSpeed ZeRO-3 when the base does not fit one GPU). Default: 1."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -79,7 +82,7 @@ def _training_options(fn):
 
 _TRAIN_FIELDS = ("steps", "backend", "num_generations", "prompts_per_step",
                  "gradient_accumulation_steps", "max_completion_length", "learning_rate", "lora_r",
-                 "temperature", "answer_format", "checkpoint_every")
+                 "temperature", "answer_format", "checkpoint_every", "gpus")
 
 
 def _train_config(base, options: dict):

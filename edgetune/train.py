@@ -16,7 +16,10 @@ and RNG state; Ctrl-C asks the trainer to save a checkpoint at the end of the cu
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import os
+import time
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -67,6 +70,9 @@ class TrainConfig:
     # GRPO with the TRL backend on CUDA: decode with a static KV cache and a CUDA-graphed forward
     # (torch.compile). None: on where it applies. See _compile_generation.
     compile_generation: bool | None = None
+    # GPUs of this machine to train on. 1: in this process. More: the same run through
+    # `accelerate launch` (edgetune.distributed); each GPU takes prompts_per_step prompts.
+    gpus: int = 1
 
     def validate(self) -> None:
         problems = []
@@ -84,6 +90,8 @@ class TrainConfig:
             problems.append("max_completion_length must be at least 8")
         if self.base_bits not in (None, 4, 16):
             problems.append(f"base_bits must be 4 or 16, not {self.base_bits}")
+        if self.gpus < 1:
+            problems.append("gpus must be at least 1")
         if self.checkpoint_every < 0:
             problems.append("checkpoint_every must be 0 (never) or more")
         if self.answer_format not in ANSWER_FORMATS:
@@ -98,7 +106,7 @@ class TrainConfig:
     def fingerprint(self) -> dict:
         """The settings a resumed run must share with the run it continues (steps may grow)."""
         data = dataclasses.asdict(self)
-        for free in ("steps", "backend", "checkpoint_every", "compile_generation"):
+        for free in ("steps", "backend", "checkpoint_every", "compile_generation", "gpus"):
             data.pop(free)
         data["rewards"] = list(self.rewards)
         return data
@@ -140,7 +148,12 @@ def train(base_model: str, data: Sequence[Any], config: TrainConfig, out: Path, 
     base = hf.resolve_model(base_model)
     hf.architecture(base)
     hf.refuse_prequantized(base)
-    backend = select_backend(config.backend, base, config)
+    plan = None
+    if config.gpus > 1:
+        from edgetune import distributed
+
+        plan = distributed.plan_for(config, base, on_note=note)  # refuses what cannot work
+    backend = select_backend("trl" if plan else config.backend, base, config)
 
     work = checkpoint_dir(out)
     resume_from = prepare_work_dir(work, base, config, init_adapter, data_digest(data),
@@ -154,10 +167,19 @@ def train(base_model: str, data: Sequence[Any], config: TrainConfig, out: Path, 
         with log_path.open("a") as fh:
             fh.write(json.dumps(entry) + "\n")
 
-    effective, model = _run_trainer(backend, base, data, config, work, init_adapter, resume_from,
-                                    log, on_step, note, trainer_overrides or {})
+    if plan is not None:
+        from edgetune import distributed
+
+        effective = distributed.run(plan, work=work, base=base, data=data, config=config,
+                                    init_adapter=init_adapter, resume_from=resume_from,
+                                    overrides=trainer_overrides or {}, on_step=on_step, note=note)
+        save = functools.partial(distributed.copy_adapter, work / distributed.FINAL_DIR)
+    else:
+        effective, trainer = _run_trainer(backend, base, data, config, work, init_adapter,
+                                          resume_from, log, on_step, note, trainer_overrides or {})
+        save = trainer.model.save_pretrained
     with atomic_dir(out, overwrite=overwrite) as scratch:
-        model.save_pretrained(scratch)
+        save(scratch)
         shutil.copyfile(log_path, scratch / LOG_FILE)
         artifact = Adapter(path=scratch, base_model=str(base), method=config.method,
                            backend=backend.name, steps=config.steps, log_file=LOG_FILE,
@@ -214,7 +236,10 @@ def _trainer_args(config: TrainConfig, work: Path, *, cuda: bool, bf16: bool, ov
 
 
 def _run_trainer(backend, base, data, config, work, init_adapter, resume_from, log, on_step, note,
-                 overrides):
+                 overrides, *, strategy: str = "single"):
+    """Load, train, return ``(effective settings, trainer)``. In one process, or in each process
+    of a multi-GPU run (``strategy`` "ddp" or "zero3", edgetune.distributed), where ``log`` and
+    ``note`` write only in process 0 and ``on_step`` is None."""
     loaded = backend.load(base, config, init_adapter=init_adapter, on_note=note)
     # TRL after the backend: Unsloth must be imported before TRL to patch its trainers.
     import torch
@@ -239,9 +264,11 @@ def _run_trainer(backend, base, data, config, work, init_adapter, resume_from, l
         trainer = GRPOTrainer(model=loaded.model, reward_funcs=rewards_by_name(config.rewards, fmt),
                               args=args, train_dataset=dataset, processing_class=loaded.tokenizer,
                               peft_config=loaded.peft_config)
-        # Auto only on the TRL backend: Unsloth replaces generate() with its own decode loop.
-        compiled = cuda and (config.compile_generation
-                             or (config.compile_generation is None and backend.name == "trl"))
+        # Auto only on the TRL backend: Unsloth replaces generate() with its own decode loop;
+        # not with ZeRO-3, whose split weights are gathered again for every generate call.
+        compiled = cuda and strategy != "zero3" and (
+            config.compile_generation
+            or (config.compile_generation is None and backend.name == "trl"))
         if compiled:
             _compile_generation(trainer, config)
 
@@ -250,6 +277,8 @@ def _run_trainer(backend, base, data, config, work, init_adapter, resume_from, l
     effective.update(loaded.extra)
     if config.method == "grpo":
         effective["compiled_generation"] = compiled
+    if strategy != "single":
+        effective.update(gpus=trainer.accelerator.num_processes, distributed=strategy)
     note("effective settings: " + ", ".join(f"{k}={v}" for k, v in effective.items()))
     if resume_from is None:
         log({"step": 0, "event": "config", **effective})
@@ -280,6 +309,8 @@ def _run_trainer(backend, base, data, config, work, init_adapter, resume_from, l
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(_Relay())
     trainer.add_callback(stop)
+    if os.environ.get(STATS_ENV):
+        trainer.add_callback(_StepStats(Path(os.environ[STATS_ENV]), cuda))
     with stop.installed(note):
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if stop.requested:
@@ -288,7 +319,35 @@ def _run_trainer(backend, base, data, config, work, init_adapter, resume_from, l
             f"training stopped at step {trainer.state.global_step}"
             + (f"; checkpoint saved in {saved}" if saved else ""),
             hint="run the same command with --resume to continue from the checkpoint")
-    return effective, trainer.model
+    return effective, trainer
+
+
+# Benchmarks (benchmarks/grpo_gpu.py, grpo_multi_gpu.py) set this to a path: every training
+# process then writes <path>.rank<N>.json with its step end times and peak GPU memory.
+STATS_ENV = "EDGETUNE_TRAIN_STATS"
+
+
+class _StepStats:
+    def __init__(self, path: Path, cuda: bool):
+        self.path, self.cuda, self.step_ends = path, cuda, []
+
+    def __getattr__(self, name):  # TrainerCallback's other hooks
+        if name.startswith("on_"):
+            return lambda *a, **k: None
+        raise AttributeError(name)
+
+    def on_step_end(self, args, state, control, **_kw):
+        self.step_ends.append(time.perf_counter())
+
+    def on_train_end(self, args, state, control, **_kw):
+        import torch
+
+        rank = args.process_index
+        peak = torch.cuda.max_memory_allocated() if self.cuda else None
+        Path(f"{self.path}.rank{rank}.json").write_text(json.dumps({
+            "rank": rank, "world_size": args.world_size, "step_ends": self.step_ends,
+            "peak_allocated_bytes": peak,
+            "device": torch.cuda.get_device_name() if self.cuda else "cpu"}))
 
 
 def _compile_generation(trainer, config: TrainConfig) -> None:
