@@ -153,6 +153,8 @@ def train(base_model: str, data: Sequence[Any], config: TrainConfig, out: Path, 
         from edgetune import distributed
 
         plan = distributed.plan_for(config, base, on_note=note)  # refuses what cannot work
+    elif (gpus := _visible_gpus()) > 1:
+        note(f"this machine has {gpus} GPUs; training on the first (--gpus {gpus} uses them all)")
     backend = select_backend("trl" if plan else config.backend, base, config)
 
     work = checkpoint_dir(out)
@@ -187,6 +189,12 @@ def train(base_model: str, data: Sequence[Any], config: TrainConfig, out: Path, 
         artifact.save()
     shutil.rmtree(work, ignore_errors=True)
     return dataclasses.replace(artifact, path=out)
+
+
+def _visible_gpus() -> int:
+    from edgetune.distributed import visible_gpus
+
+    return visible_gpus()
 
 
 def grpo_prompt(row, system_prompt: str) -> list[dict]:
@@ -224,15 +232,25 @@ def _trainer_args(config: TrainConfig, work: Path, *, cuda: bool, bf16: bool, ov
     if config.method == "sft":
         from trl import SFTConfig
 
-        return SFTConfig(**common, per_device_train_batch_size=config.sft_batch_size,
-                         max_length=config.max_seq_length, packing=False, **overrides)
+        return _one_gpu_per_process(SFTConfig(
+            **common, per_device_train_batch_size=config.sft_batch_size,
+            max_length=config.max_seq_length, packing=False, **overrides))
     from trl import GRPOConfig
 
-    return GRPOConfig(**common,
-                      per_device_train_batch_size=config.num_generations * config.prompts_per_step,
-                      num_generations=config.num_generations,
-                      max_completion_length=config.max_completion_length,
-                      temperature=config.temperature, **overrides)
+    return _one_gpu_per_process(GRPOConfig(
+        **common, per_device_train_batch_size=config.num_generations * config.prompts_per_step,
+        num_generations=config.num_generations, max_completion_length=config.max_completion_length,
+        temperature=config.temperature, **overrides))
+
+
+def _one_gpu_per_process(args):
+    """Train on cuda:0 alone when one process sees several GPUs (``--gpus 1`` on a multi-GPU
+    machine). The Trainer would otherwise wrap the model in nn.DataParallel, which TRL's GRPO
+    refuses; transformers sets ``_n_gpu`` the same way for models split with device_map.
+    ``--gpus N`` is how to use the others (one process per GPU, edgetune.distributed)."""
+    if args.n_gpu > 1:
+        args._n_gpu = 1
+    return args
 
 
 def _run_trainer(backend, base, data, config, work, init_adapter, resume_from, log, on_step, note,
