@@ -228,6 +228,9 @@ def _trainer_args(config: TrainConfig, work: Path, *, cuda: bool, bf16: bool, ov
         use_cpu=not cuda,
         bf16=bf16,
         disable_tqdm=True,
+        # Several GPUs (edgetune.distributed): every LoRA weight gets a gradient each step, so
+        # DDP need not search the graph for unused ones (the Trainer's default for a PeftModel).
+        ddp_find_unused_parameters=False,
     )
     if config.method == "sft":
         from trl import SFTConfig
