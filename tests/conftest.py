@@ -87,3 +87,65 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("gpu"):
             item.add_marker(skip)
+
+
+@pytest.fixture
+def hub(tmp_path_factory, monkeypatch):
+    """A Hub test double (tests/hub_server.py) on a free port, with `huggingface_hub` pointed at it.
+
+    `huggingface_hub.constants` reads its environment once, at import, so setting env vars is not
+    enough in-process: the values derived from HF_ENDPOINT and HF_HOME are patched too, wherever a
+    client module copied them at import (e.g. `utils._git_credential.ENDPOINT`, the module-level
+    `hf_api.api` behind `huggingface_hub.upload_folder` & co). Env vars are still set, for
+    subprocesses. HF_HUB_DISABLE_XET: the 1.33 client picks Xet uploads whenever `hf_xet` is
+    installed, without asking the server, and this double only speaks plain LFS. Telemetry off
+    also stops the user-agent's agent detection from fetching `/api/agent-harnesses`.
+    """
+    import sys
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants, hf_api
+    from huggingface_hub.utils import close_session
+
+    from tests.hub_server import HubServer
+
+    server = HubServer().start()
+    home = tmp_path_factory.mktemp("hf-home")
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE",
+                "HF_ASSETS_CACHE", "HUGGINGFACE_ASSETS_CACHE", "HF_XET_CACHE", "HF_HUB_OFFLINE",
+                "TRANSFORMERS_OFFLINE", "HF_OIDC_RESOURCE", "HUGGINGFACE_CO_STAGING"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in {"HF_ENDPOINT": server.endpoint, "HF_HOME": str(home),
+                       "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1"}.items():
+        monkeypatch.setenv(var, value)
+
+    hub_cache, assets_cache = str(home / "hub"), str(home / "assets")
+    patched = {
+        "ENDPOINT": server.endpoint,
+        "HUGGINGFACE_CO_URL_TEMPLATE": server.endpoint + "/{repo_id}/resolve/{revision}/{filename}",
+        "HF_URL_HOSTS": constants.HF_URL_HOSTS | {urlsplit(server.endpoint).hostname},
+        "HF_HOME": str(home),
+        "default_cache_path": hub_cache, "HUGGINGFACE_HUB_CACHE": hub_cache, "HF_HUB_CACHE": hub_cache,
+        "default_assets_cache_path": assets_cache, "HUGGINGFACE_ASSETS_CACHE": assets_cache,
+        "HF_ASSETS_CACHE": assets_cache,
+        "HF_TOKEN_PATH": str(home / "token"), "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
+        "HF_XET_CACHE": str(home / "xet"),
+        "CHECK_FOR_UPDATE_DONE_PATH": str(home / ".check_for_update_done"),
+        "CHECK_FOR_SKILL_UPDATE_DONE_PATH": str(home / ".check_for_skill_update_done"),
+        "AGENT_HARNESSES_PATH": str(home / ".agent_harnesses.json"),
+        "HF_HUB_DISABLE_TELEMETRY": True, "HF_HUB_DISABLE_XET": True, "HF_HUB_OFFLINE": False,
+    }
+    copies = [module for name, module in list(sys.modules.items())
+              if name.startswith("huggingface_hub") and module is not constants and module is not None]
+    for name, value in patched.items():
+        original = getattr(constants, name)
+        monkeypatch.setattr(constants, name, value)
+        for module in copies:  # `from ..constants import X` made a copy at import time
+            if vars(module).get(name) is original:
+                monkeypatch.setattr(module, name, value)
+    monkeypatch.setattr(hf_api.api, "endpoint", server.endpoint)
+
+    yield server
+
+    server.stop()
+    close_session()  # drop pooled connections to the stopped server
