@@ -8,12 +8,15 @@ verification.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import functools
 import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,6 +38,13 @@ _INSTALLED_SCHEMA = Path(__file__).parent / "schema" / "edgetune.schema.json"
 _REPO_SCHEMA = Path(__file__).parents[1] / "mobile_bundle" / "edgetune.schema.json"
 SCHEMA_PATH: Path = _INSTALLED_SCHEMA if _INSTALLED_SCHEMA.is_file() else _REPO_SCHEMA
 _REDOWNLOAD = "Re-download the bundle or ask the creator for a corrected release."
+# The one field of a gated repo's access form (README front matter ``extra_gated_fields``); the
+# code that syncs paying followers with access requests matches requests by this name.
+GATED_EMAIL_FIELD = "Email used for payment"
+# What the Hub accepts as a model id in ``base_model`` (huggingface_hub validate_repo_id: no
+# "--" or "..", no '-' or '.' at either end of a part, names of at most 96 characters).
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+", re.ASCII)
+_HUB_ID_BAD = re.compile(r"--|\.\.|(^|/)[.-]|[.-](/|$)")
 
 
 def schema_path() -> Path:
@@ -79,6 +89,7 @@ class BundleInfo:
     persona_description: str = ""
     bos_token: str | None = None  # the tokenizer's BOS text (LLMFarm needs it for some templates)
     hf_repo: str | None = None  # "user/repo" once published: PocketPal selects the model by it
+    gated: bool = False  # the repo is gated: followers request access (the card's access form)
     licence_required: bool = False  # apps should ask for a follower licence (SPEC.md Licences)
     # The rows of the adapter's training_log.jsonl: reward.png and report.html show its rewards,
     # settings and warnings. (): no log (both files are still written, saying so).
@@ -95,8 +106,11 @@ class VerifyResult:
     bundle_id: str
     version: str
     key_id: str
-    files: int  # files covered by the signature (model.sig excluded)
+    files: int  # files checked: those covered by the signature (model.sig excluded) and present
     bytes: int  # their total size
+    # Signed GGUF files that are absent: only ever non-empty after verify_bundle(partial=True)
+    # (a download of some quants); the others were all present and checked.
+    missing: tuple[str, ...] = ()
 
 
 def gguf_file_name(name: str, quant: str) -> str:
@@ -106,6 +120,10 @@ def gguf_file_name(name: str, quant: str) -> str:
         raise ConfigError(f"cannot derive a file name from name={name!r}, quant={quant!r}",
                           "Use letters, digits, '.', '_' or '-' in the model name and quant.")
     return f"{stem}-{q}.gguf"
+
+
+def _is_gguf(rel: str) -> bool:
+    return rel.lower().endswith(".gguf")
 
 
 @functools.lru_cache(maxsize=4)
@@ -200,10 +218,80 @@ def _cell(value: Any) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _model_card(info: BundleInfo, artifacts: list[dict], key_id: str, eval_results: dict) -> str:
+def _hub_id(name: Any) -> bool:
+    """True when ``name`` can be a Hub model id (``owner/name``), e.g. ``Qwen/Qwen3-0.6B``."""
+    return isinstance(name, str) and _HUB_ID.fullmatch(name) is not None \
+        and not _HUB_ID_BAD.search(name) and len(name.split("/")[1]) <= 96
+
+
+def _main_artifact(artifacts: Sequence[dict]) -> dict:
+    """The artifact apps use by default: the Q4_K_M one, else the first."""
+    return next((a for a in artifacts if a["quant"] == "Q4_K_M"), artifacts[0])
+
+
+def _readable(eval_results: dict) -> dict:
+    """``eval.json``'s results with ``quants`` by quant: what eval.md, eval.png and the card
+    show."""
+    return {**eval_results, "quants": _quants(eval_results)}
+
+
+def _front_matter(manifest: dict) -> str:
+    """The card's YAML front matter: Hub metadata (https://huggingface.co/docs/hub/model-cards)."""
     q = json.dumps  # a JSON string is a valid YAML scalar: safe quoting for any user text
-    tr = info.training
-    main = next((a for a in artifacts if a["quant"] == "Q4_K_M"), artifacts[0])
+    base, creator = manifest["base_model"], manifest["creator"]["name"]
+    dist = manifest.get("distribution") or {}
+    lines = [f"license: {q(base['license'])}"]
+    if _hub_id(base["name"]):  # the Hub rejects a card whose base_model is no model id
+        lines += [f"base_model: {q(base['name'])}", "base_model_relation: finetune"]
+    lines += [f"quantized_by: {q(creator)}", "pipeline_tag: text-generation",
+              "tags:\n- gguf\n- edgetune\n- reasoning"]
+    if dist.get("gated"):
+        prompt = (f"Access to {manifest['name']} is for the paying followers of {creator}. "
+                  f"{creator} approves each request by hand: give the email address you used "
+                  "for payment.")
+        lines += [f"extra_gated_prompt: {q(prompt)}",
+                  f"extra_gated_fields:\n  {q(GATED_EMAIL_FIELD)}: text",
+                  f"extra_gated_button_content: {q('Request access')}"]
+    return "---\n" + "\n".join(lines) + "\n---"
+
+
+def _use_it(manifest: dict, main: dict) -> list[str]:
+    """The card's "Use it" section: from the Hub when the manifest names a repo, else files."""
+    sh = "```sh\n{}\n```".format
+    repo, ctx = (manifest.get("distribution") or {}).get("hf_repo"), \
+        manifest["runtime"]["default_context"]
+    best = f"`{main['quant']}` is the best size/quality trade-off for most phones."
+    if not repo:
+        return ["llama.cpp:", sh(f"llama-cli -m {main['path']} -cnv -c {ctx}"),
+                "Ollama (after uploading this folder as a Hugging Face repo):",
+                sh(f"ollama run hf.co/<user>/<repo>:{main['quant']}"),
+                "PocketPal: copy a `.gguf` to the phone, then Models -> + -> Add Local Model. "
+                + best]
+    tag = f"{repo}:{main['quant']}"
+    pal = (manifest["persona"].get("files") or {}).get("pocketpal")
+    out = ["llama.cpp (downloads the file from the Hub):", sh(f"llama-cli -hf {tag} -cnv -c {ctx}"),
+           "Ollama:", sh(f"ollama run hf.co/{tag}"),
+           f"LM Studio: `lms get {repo}`, or search `{repo}` in Discover.",
+           f"PocketPal: Models -> + -> Add from Hugging Face, search `{repo}` and download "
+           f"`{main['path']}`." + (f" Import `{pal}` in Pals for the persona." if pal else "")
+           + f" {best}",
+           "edgetune (downloads one quant and verifies it with the creator's key):",
+           sh(f"edgetune pull {tag} --key creator.pub")]
+    if (manifest.get("distribution") or {}).get("gated"):
+        out.append("This repository is gated: request access on this page first. Then llama.cpp "
+                   "and edgetune need a Hugging Face access token in `HF_TOKEN`, PocketPal the "
+                   "same token in its settings, and Ollama its public key "
+                   "(`~/.ollama/id_ed25519.pub`) in your Hugging Face SSH keys.")
+    return out
+
+
+def _model_card(manifest: dict, eval_results: dict, *, report_page: bool = True) -> str:
+    """``README.md`` from the manifest and the readable eval results (:func:`_readable`), so a
+    bundle's card can be written again after its manifest changes (:func:`stamp_distribution`).
+    ``report_page``: link ``report.html`` (older bundles have none)."""
+    tr, artifacts = manifest["training"], manifest["artifacts"]
+    name, creator = manifest["name"], manifest["creator"]
+    main = _main_artifact(artifacts)
     files = "\n".join(f"| `{a['path']}` | {_cell(a['quant'])} | {_human(a['size'])} | "
                       f"{_human(a['ram_needed_bytes'])} |" for a in artifacts)
     evaluation = (f"{report.markdown_table(eval_results)}\n"
@@ -211,32 +299,30 @@ def _model_card(info: BundleInfo, artifacts: list[dict], key_id: str, eval_resul
                   f"Full results: `{EVAL_FILE}` (this table: `{EVAL_TABLE_FILE}`)."
                   if report.ordered_quants(eval_results)
                   else f"No per-quant results were recorded; see `{EVAL_FILE}`.")
-    evaluation += (f"\n\nThe whole report on one page, with the reward curve of training, the "
-                   f"quality gates and every file: [`{REPORT_FILE}`]({REPORT_FILE}).")
-    sh = "```sh\n{}\n```".format
+    if report_page:
+        evaluation += (f"\n\nThe whole report on one page, with the reward curve of training, "
+                       f"the quality gates and every file: [`{REPORT_FILE}`]({REPORT_FILE}).")
+    verify = ["## Verify", "Every file is covered by `model.sig` (OpenSSF model-signing, "
+              f"ECDSA P-256). Creator key id: `{creator['key_id']}`.",
+              "```sh\nedgetune verify . --key creator.pub\n"
+              "model_signing verify key . --signature model.sig --public_key creator.pub\n```"]
+    if (manifest.get("distribution") or {}).get("hf_repo"):
+        verify.append("`edgetune pull` checks a download of some quants against the same "
+                      "signature; `model_signing verify` needs every file of the repo.")
     return "\n\n".join([
-        f"---\nlicense: {q(info.base_model_license)}\nbase_model: {q(info.base_model)}\n"
-        "base_model_relation: finetune\npipeline_tag: text-generation\n"
-        "tags:\n- gguf\n- edgetune\n- reasoning\n---",
-        f"# {info.name}",
-        f"{_cell(info.name)} is a small reasoning model by {_cell(info.creator_name)}, fine-tuned "
-        f"from `{info.base_model}` with edgetune ({tr.get('method', '?')}, {tr.get('steps', '?')}"
-        f" steps on {tr.get('dataset_rows', '?')} question/answer rows). It runs offline in "
-        f"llama.cpp-based apps. Greeting: {_cell(info.greeting)}",
+        _front_matter(manifest),
+        f"# {name}",
+        f"{_cell(name)} is a small reasoning model by {_cell(creator['name'])}, fine-tuned "
+        f"from `{manifest['base_model']['name']}` with edgetune ({tr.get('method', '?')}, "
+        f"{tr.get('steps', '?')} steps on {tr.get('dataset_rows', '?')} question/answer rows). "
+        f"It runs offline in llama.cpp-based apps. Greeting: "
+        f"{_cell(manifest['persona']['greeting'])}",
         "## Files", "| File | Quant | Size | RAM needed |\n|---|---|---|---|\n" + files,
         "## Evaluation", evaluation,
-        "## Use it", "llama.cpp:",
-        sh(f"llama-cli -m {main['path']} -cnv -c {info.default_context}"),
-        "Ollama (after uploading this folder as a Hugging Face repo):",
-        sh(f"ollama run hf.co/<user>/<repo>:{main['quant']}"),
-        "PocketPal: copy a `.gguf` to the phone, then Models -> + -> Add Local Model. "
-        f"`{main['quant']}` is the best size/quality trade-off for most phones.",
-        "## Verify", "Every file is covered by `model.sig` (OpenSSF model-signing, ECDSA P-256). "
-        f"Creator key id: `{key_id}`.",
-        sh("edgetune verify . --key creator.pub\n"
-           "model_signing verify key . --signature model.sig --public_key creator.pub"),
-        "## License", f"Base model licence: {_cell(info.base_model_license)}. "
-        f"Creator's terms: {_cell(info.license_terms)}"]) + "\n"
+        "## Use it", *_use_it(manifest, main),
+        *verify,
+        "## License", f"Base model licence: {_cell(manifest['base_model']['license'])}. "
+        f"Creator's terms: {_cell(manifest['license_terms'])}"]) + "\n"
 
 
 def _artifact(model: BundleModel, path: str, sha256: str, size: int) -> dict:
@@ -259,6 +345,13 @@ def _persona_files(info: BundleInfo, main_file: str) -> dict[str, bytes]:
         hf_repo=info.hf_repo)
 
 
+def _distribution(hf_repo: str | None, gated: bool, licence_required: bool) -> dict:
+    # "gated" only when true: a manifest of a repo that is not gated stays the same as before
+    # the field existed, so verifiers with an older schema still accept it.
+    return {"hf_repo": hf_repo, **({"gated": True} if gated else {}),
+            "licence_required": licence_required, "verify_with": "model.sig"}
+
+
 def _manifest(info: BundleInfo, key_id: str, created: str, artifacts: list[dict],
               persona_paths: Sequence[str] = ()) -> dict:
     return {
@@ -276,8 +369,7 @@ def _manifest(info: BundleInfo, key_id: str, created: str, artifacts: list[dict]
                     "greeting": info.greeting, "suggested_prompts": list(info.suggested_prompts),
                     "files": {_PERSONA_APPS.get(path, path): path for path in persona_paths}},
         "eval": _eval_summary(_finite(info.eval_results)),
-        "distribution": {"hf_repo": info.hf_repo, "licence_required": info.licence_required,
-                         "verify_with": "model.sig"},
+        "distribution": _distribution(info.hf_repo, info.gated, info.licence_required),
         "license_terms": info.license_terms,
     }
 
@@ -305,7 +397,7 @@ def build_bundle(out: Path, info: BundleInfo, models: Sequence[BundleModel], *,
     main_file = next((n for m, n in zip(models, names) if m.quant == "Q4_K_M"), names[0])
     persona_files = _persona_files(info, main_file)  # user input too: checked before copying
     eval_results = _finite(info.eval_results)
-    readable = {**eval_results, "quants": _quants(eval_results)}  # eval.md, eval.png, the card
+    readable = _readable(eval_results)  # eval.md, eval.png, the card
     with atomic_dir(out, overwrite=overwrite) as tmp:
         os.chmod(tmp, 0o755)
         artifacts = []
@@ -323,12 +415,11 @@ def build_bundle(out: Path, info: BundleInfo, models: Sequence[BundleModel], *,
         write_json_atomic(tmp / EVAL_FILE, eval_results)
         report.write_reports(tmp, readable)
         report.reward_chart(info.training_log, tmp / REWARD_CHART_FILE)
-        (tmp / README_FILE).write_text(_model_card(info, artifacts, key_id, readable),
-                                       encoding="utf-8")
         manifest = _manifest(info, key_id, created, artifacts, list(persona_files))
         if err := _schema_error(manifest):
             raise EdgetuneError(f"internal error: the manifest breaks its schema: {err}",
                                 "This is a bug in edgetune; please report it.")
+        (tmp / README_FILE).write_text(_model_card(manifest, readable), encoding="utf-8")
         write_json_atomic(tmp / MANIFEST_FILE, manifest)
         # Last before signing, so that it can list every other file with its size.
         files = [(p.relative_to(tmp).as_posix(), p.stat().st_size) for p in tmp.rglob("*")
@@ -344,6 +435,19 @@ def build_bundle(out: Path, info: BundleInfo, models: Sequence[BundleModel], *,
     return Bundle(path=out, bundle_id=info.bundle_id, version=info.version, key_id=key_id)
 
 
+def _read_manifest(root: Path) -> dict:
+    """The bundle's manifest, valid against the schema (ConfigError otherwise)."""
+    path = root / MANIFEST_FILE
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: cannot read the manifest ({e})",
+                          "Sign a bundle folder written by edgetune build.") from None
+    if err := _schema_error(manifest):
+        raise ConfigError(f"{path}: {err}", "Fix the manifest (see mobile_bundle/SPEC.md).")
+    return manifest
+
+
 def resign_bundle(bundle: Path, private_key: Path, passphrase: str | None = None) -> Bundle:
     """Sign ``bundle`` again after an edit: refresh each artifact's sha256 and size and the
     creator key id in the manifest, then rewrite ``model.sig`` over every file.
@@ -353,13 +457,7 @@ def resign_bundle(bundle: Path, private_key: Path, passphrase: str | None = None
     """
     root = Path(bundle).resolve()
     path = root / MANIFEST_FILE
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path}: cannot read the manifest ({e})",
-                          "Sign a bundle folder written by edgetune build.") from None
-    if err := _schema_error(manifest):
-        raise ConfigError(f"{path}: {err}", "Fix the manifest (see mobile_bundle/SPEC.md).")
+    manifest = _read_manifest(root)
     for art in manifest["artifacts"]:
         if _escapes(root, art["path"]) or not (root / art["path"]).is_file():
             raise ConfigError(f"{art['path']}: listed in the manifest but not in the bundle",
@@ -377,6 +475,124 @@ def resign_bundle(bundle: Path, private_key: Path, passphrase: str | None = None
                   key_id=manifest["creator"]["key_id"])
 
 
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` (mode 0644): readers see the old file or the new one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o644)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _refresh_report_sizes(root: Path, paths: Iterable[str]) -> None:
+    """Set the sizes that ``report.html`` lists for ``paths`` to those of the files now.
+
+    The page is drawn from the training log, which the bundle does not keep, so it cannot be
+    drawn again; only its rows of these files change, written as ``report.html_report`` writes
+    them (its private ``_esc`` and ``_size``, so that the row is the one it would draw).
+    """
+    page_path = root / REPORT_FILE
+    if not page_path.is_file():  # bundles from before report.html
+        return
+    old = page = page_path.read_text(encoding="utf-8")
+    for rel in paths:
+        size = (root / rel).stat().st_size
+        row = re.compile('(<tr><td><code>' + re.escape(report._esc(rel)) +
+                         '</code></td><td class="n">)[^<]*(</td><td class="n">)[^<]*(</td></tr>)')
+        page = row.sub(lambda m, n=size: f"{m[1]}{report._size(n)}{m[2]}{n:,}{m[3]}", page,
+                       count=1)
+    if page != old:
+        _write_atomic(page_path, page.encode("utf-8"))
+
+
+def _signed_as_is(root: Path) -> bool:
+    """True when every signed file but the GGUFs is present and hashes to its digest in
+    ``model.sig`` (the creator's own bundle: the signature itself is not checked here).
+    Small files only: the GGUFs are neither read nor hashed."""
+    try:
+        signed = signing.signed_digests(root)
+        return all(not _escapes(root, rel) and signing.sha256_file(root / rel) == digest
+                   for rel, digest in signed.items() if not _is_gguf(rel))
+    except (VerificationError, OSError):  # unsigned, unreadable signature, a missing file
+        return False
+
+
+def stamp_distribution(bundle: Path, *, hf_repo: str, gated: bool, private_key: Path,
+                       passphrase: str | None = None) -> bool:
+    """Record that ``bundle`` is published as the Hugging Face repo ``hf_repo`` (``user/name``),
+    gated or not, and sign it again. Returns False, changing nothing, when the manifest already
+    says so and every file but the GGUFs matches the signature.
+
+    Sets the manifest's ``distribution.hf_repo`` and ``distribution.gated`` (``licence_required``
+    is kept), points PocketPal's Pal (``defaultModel``) at the main GGUF in that repo, writes
+    ``README.md`` again from the manifest and ``eval.json`` (Hub metadata, gated access form,
+    download commands for the repo), updates those files' sizes in ``report.html``, then signs
+    with :func:`resign_bundle`, which verifies when the ``.pub`` lies beside the key. The GGUFs
+    are hashed only there.
+
+    Crash safety: each file is replaced atomically (Pal, README.md, manifest, report.html, then
+    model.sig). After a crash every file is whole, old or new, and a scratch file may be left:
+    running ``stamp_distribution`` again repairs the bundle (until it has signed, the manifest
+    or a signed small file differs from ``model.sig``, so it redoes every step, removing its
+    scratch files first), and ``edgetune sign`` (:func:`resign_bundle`) makes the bundle, as
+    it stands, verify again.
+    """
+    root = Path(bundle).resolve()
+    if not personas.valid_hf_repo(hf_repo):
+        raise ConfigError(f"hf_repo must look like 'user/repo', not {hf_repo!r}",
+                          "Name the Hugging Face repository as USER/NAME.")
+    if not isinstance(gated, bool):
+        raise ConfigError(f"gated must be true or false, not {gated!r}", "Pass a boolean.")
+    manifest = _read_manifest(root)
+    dist = manifest.get("distribution") or {}
+    if dist.get("hf_repo") == hf_repo and dist.get("gated", False) == gated \
+            and _signed_as_is(root):
+        return False
+    stamped = copy.deepcopy(manifest)
+    stamped["distribution"] = _distribution(hf_repo, gated, dist.get("licence_required", False))
+    if err := _schema_error(stamped):  # e.g. a repo name the schema refuses
+        raise ConfigError(f"cannot stamp {hf_repo!r} into {root}: {err}",
+                          "Name the Hugging Face repository as USER/NAME (ASCII letters, "
+                          "digits, '.', '_' or '-').")
+    _key_id_from_private(Path(private_key), passphrase)  # a bad key fails before any write
+    try:
+        eval_results = json.loads((root / EVAL_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{root / EVAL_FILE}: cannot read the results ({e})",
+                          "Rebuild the bundle.") from None
+    if not isinstance(eval_results, dict):
+        raise ConfigError(f"{root / EVAL_FILE}: not a JSON object", "Rebuild the bundle.")
+    pal = (stamped["persona"].get("files") or {}).get("pocketpal")
+    pal = pal if pal and not _escapes(root, pal) and (root / pal).is_file() else None
+    # Scratch files that a crash in the middle of one of these writes left behind
+    for rel in (README_FILE, MANIFEST_FILE, REPORT_FILE, *([pal] if pal else [])):
+        for leftover in (root / rel).parent.glob(f".{Path(rel).name}.*.tmp"):
+            leftover.unlink(missing_ok=True)
+    for leftover in root.glob(f".{signing.SIGNATURE_FILE}.*.partial"):
+        leftover.unlink(missing_ok=True)
+    card = _model_card(stamped, _readable(eval_results),
+                       report_page=(root / REPORT_FILE).is_file())
+    written = [README_FILE, MANIFEST_FILE]
+    if pal:
+        _write_atomic(root / pal, personas.restamp_pocketpal(
+            (root / pal).read_bytes(), hf_repo=hf_repo,
+            model_file=_main_artifact(stamped["artifacts"])["path"]))
+        written.append(pal)
+    _write_atomic(root / README_FILE, card.encode("utf-8"))
+    write_json_atomic(root / MANIFEST_FILE, stamped)
+    os.chmod(root / MANIFEST_FILE, 0o644)
+    _refresh_report_sizes(root, written)
+    resign_bundle(root, private_key, passphrase)
+    return True
+
+
 def _escapes(root: Path, rel: str) -> bool:
     """True when ``rel`` is absolute or would resolve to somewhere outside ``root``."""
     if rel.startswith("/") or "\\" in rel or ".." in rel.split("/") or re.match("[A-Za-z]:", rel):
@@ -388,12 +604,26 @@ def _fail(message: str, code: int, path: str | None, hint: str = _REDOWNLOAD) ->
     return VerificationError(message, hint, path=path, exit_code=code)
 
 
-def verify_bundle(bundle: Path, public_key: Path) -> VerifyResult:
-    """Check signature, manifest schema and artifacts; raise VerificationError on any failure."""
+def verify_bundle(bundle: Path, public_key: Path, *, partial: bool = False) -> VerifyResult:
+    """Check signature, manifest schema and artifacts; raise VerificationError on any failure.
+
+    ``partial``: a download of some quants (``edgetune pull USER/NAME:QUANT``). Signed GGUF
+    files may be absent, but at least one must be present (else 7); every present file must
+    match its signed digest (5) and be signed (6), and every other signed file must be present
+    (7). ``VerifyResult.missing`` names the absent GGUFs.
+    """
     if not Path(bundle).is_dir():
         raise _fail(f"bundle folder not found: {bundle}", 2, None, "Pass the bundle's folder.")
     root = Path(bundle).resolve()
-    signed = signing.verify_signature(root, public_key)  # its errors pass through unchanged
+    missing: tuple[str, ...] = ()
+    if partial:  # its errors pass through unchanged, as verify_signature's
+        signed, missing = signing.verify_signature_partial(root, public_key, optional=_is_gguf)
+        if all(rel in missing for rel in signed if _is_gguf(rel)):
+            raise _fail(f"{missing[0] if missing else 'no GGUF'}: no model file is present "
+                        "(every signed GGUF is missing)", 7, missing[0] if missing else None,
+                        "Download at least one quant of the bundle.")
+    else:
+        signed = signing.verify_signature(root, public_key)  # its errors pass through unchanged
     if MANIFEST_FILE not in signed:
         raise _fail(f"{MANIFEST_FILE}: the manifest is missing", 9, MANIFEST_FILE)
     try:
@@ -423,10 +653,11 @@ def verify_bundle(bundle: Path, public_key: Path) -> VerifyResult:
             raise _fail(f"{rel}: listed in the manifest but not in the bundle", 11, rel)
         if art["sha256"] != signed[rel]:
             raise _fail(f"{rel}: manifest sha256 differs from the signed digest", 11, rel)
-        if art["size"] != (root / rel).stat().st_size:
+        if rel not in missing and art["size"] != (root / rel).stat().st_size:
             raise _fail(f"{rel}: manifest size differs from the file", 11, rel)
     for rel in sorted(signed):
         if rel.lower().endswith(".gguf") and rel not in seen:
             raise _fail(f"{rel}: GGUF file is not listed in the manifest", 11, rel)
-    total = sum((root / rel).stat().st_size for rel in signed)
-    return VerifyResult(manifest["bundle_id"], manifest["version"], key_id, len(signed), total)
+    total = sum((root / rel).stat().st_size for rel in signed if rel not in missing)
+    return VerifyResult(manifest["bundle_id"], manifest["version"], key_id,
+                        len(signed) - len(missing), total, missing)

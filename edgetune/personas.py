@@ -260,6 +260,35 @@ def llmfarm_prompt_format(fmt: ChatFormat, system: str, bos_text: str) -> str:
     return f"[system]({head})\n{turn}" if head else turn
 
 
+def valid_hf_repo(hf_repo: Any) -> bool:
+    """True for a ``"user/repo"`` text as the bundle's ``distribution.hf_repo`` may hold it."""
+    return isinstance(hf_repo, str) and re.fullmatch(r"[\w.-]+/[\w.-]+", hf_repo) is not None
+
+
+def pocketpal_default_model(hf_repo: str, model_file: str) -> dict[str, str]:
+    """PocketPal's ``defaultModel`` for ``model_file`` downloaded from ``hf_repo``: PocketPal
+    matches its ``id`` with ``"<repo>/<file>"`` (src/utils hfAsModel)."""
+    return {"id": f"{hf_repo}/{model_file}", "author": hf_repo.split("/")[0],
+            "name": model_file.removesuffix(".gguf"), "filename": model_file}
+
+
+def restamp_pocketpal(pal_file: bytes, *, hf_repo: str, model_file: str) -> bytes:
+    """The PocketPal Pal file ``pal_file`` with its ``defaultModel`` pointing at ``model_file``
+    in ``hf_repo``, written exactly as ``persona_files`` writes it."""
+    if not valid_hf_repo(hf_repo):
+        raise ConfigError(f"hf_repo must look like 'user/repo', not {hf_repo!r}",
+                          "Name the Hugging Face repository as USER/NAME.")
+    try:
+        pal = json.loads(pal_file)
+    except ValueError as e:
+        raise ConfigError(f"{POCKETPAL_FILE} is not valid JSON ({e})",
+                          "Rebuild the bundle.") from None
+    if not isinstance(pal, dict):
+        raise ConfigError(f"{POCKETPAL_FILE} does not hold a Pal", "Rebuild the bundle.")
+    pal["defaultModel"] = pocketpal_default_model(hf_repo, model_file)
+    return _json(pal)
+
+
 def _check_settings(persona: Persona, chat_template: Any, stops: Any, sampling: Any,
                     default_context: Any, model_file: Any, creator: Any, version: Any,
                     hf_repo: Any) -> dict[str, Any]:
@@ -283,7 +312,7 @@ def _check_settings(persona: Persona, chat_template: Any, stops: Any, sampling: 
         if not isinstance(value, str) or not value.strip() or _CONTROL.search(value) or \
                 "\n" in value:
             problems.append(f"{label} must be a single line of text")
-    if hf_repo is not None and not re.fullmatch(r"[\w.-]+/[\w.-]+", str(hf_repo)):
+    if hf_repo is not None and not valid_hf_repo(hf_repo):
         problems.append(f"hf_repo must look like 'user/repo', not {hf_repo!r}")
     if not isinstance(sampling, Mapping):
         problems.append(f"sampling must map setting names to numbers, not {sampling!r}")
@@ -365,10 +394,8 @@ def _pocketpal(persona: Persona, ctx: dict, creator: str, hf_repo: str | None) -
     if persona.greeting or persona.suggested_prompts:
         pal["greeting"] = {"text": persona.greeting,
                            "suggestedPrompts": list(persona.suggested_prompts)}
-    if hf_repo:  # PocketPal matches defaultModel.id with "<repo>/<file>" (src/utils hfAsModel)
-        model = ctx["model_file"]
-        pal["defaultModel"] = {"id": f"{hf_repo}/{model}", "author": hf_repo.split("/")[0],
-                               "name": model.removesuffix(".gguf"), "filename": model}
+    if hf_repo:
+        pal["defaultModel"] = pocketpal_default_model(hf_repo, ctx["model_file"])
     return pal
 
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edgetune import paths
 from edgetune.artifacts import Adapter, Bundle
@@ -23,6 +23,9 @@ from edgetune.data import Columns, QARow, load_qa, split_qa
 from edgetune.errors import OutputExistsError
 from edgetune.profiles import QuantProfile
 from edgetune.train import StepLog, TrainConfig
+
+if TYPE_CHECKING:
+    from edgetune.project import Publish
 
 STAGES = ("data", "train", "merge", "convert", "quantise", "evaluate", "bundle")
 
@@ -49,6 +52,7 @@ class Project:
     license_terms: str = "All rights reserved by the creator."
     persona_name: str | None = None  # the name chat apps show; None: the project's name
     persona_description: str = ""  # one line for app lists, never sent to the model
+    publish: Publish | None = None  # the Hub repo the bundle is for: stamped into its manifest
 
 
 def demo_project() -> Project:
@@ -408,6 +412,8 @@ def _bundle_stage(project, profile, folder, adapter, f16, quants, eval_results, 
         persona_description=project.persona_description,
         license_terms=project.license_terms,
         bos_token=tokenizer.bos_token,
+        hf_repo=project.publish.repo if project.publish else None,
+        gated=bool(project.publish and project.publish.gated),  # False, "auto" or "manual"
         training={"method": adapter.method, "backend": adapter.backend, "steps": adapter.steps,
                   "dataset_rows": len(splits.train), "rewards": list(project.train.rewards),
                   "effective_config": adapter.effective_config,

@@ -476,6 +476,7 @@ def _resolve(settings: Mapping[str, Any], path: Path | None) -> ProjectFile:
         **{attr: s[key] for key, attr in _PROJECT_ATTRS.items() if key in s})
     publish = (Publish(repo=s["publish.repo"], private=s.get("publish.private", True),
                        gated=s.get("publish.gated", False)) if "publish.repo" in s else None)
+    project = dataclasses.replace(project, publish=publish)  # the bundle records the repo
     return ProjectFile(project=project, targets=tuple(s.get("targets", DEFAULT_TARGETS)),
                        publish=publish,
                        license_terms=s.get("project.license_terms", DEFAULT_LICENSE_TERMS),

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ SIGNATURE_FILE = "model.sig"
 _GIT_PATHS = (".git", ".github", ".gitattributes", ".gitignore")  # ignored by model_signing
 _CHUNK = 1 << 20
 _KEY_HINT = "Keys come from `edgetune keys new` (ECDSA P-256, PEM)."
+_UNSIGNED_HINT = "Ask the creator for a signed bundle (edgetune build signs every bundle)."
 _SIG_HINT = ("Check that you have the creator's public key; otherwise the bundle or its "
              "signature was altered after signing.")
 
@@ -258,7 +260,19 @@ def sha256_file(path: Path) -> str:
 
 def _diagnose(bundle: Path, present: list[str], signed: dict[str, str]) -> VerificationError:
     """Name the first file that differs from the (authentic) signed digests."""
-    missing = sorted(set(signed) - set(present))
+    return _first_difference(bundle, present, signed) or VerificationError(
+        "bundle content does not match its signature", "Re-download the bundle.", exit_code=5)
+
+
+def _first_difference(bundle: Path, present: Sequence[str], signed: Mapping[str, str], *,
+                      optional: Callable[[str], bool] = lambda _rel: False,
+                      ) -> VerificationError | None:
+    """The first file that differs from the (authentic) signed digests, or None.
+
+    In order: a signed file that is missing and not ``optional`` (7), a file the signature does
+    not cover (6), a file whose sha256 differs from its signed digest (5; each present file is
+    hashed once, streamed)."""
+    missing = sorted(rel for rel in set(signed) - set(present) if not optional(rel))
     added = sorted(set(present) - set(signed))
     if missing:
         extra = f" (unsigned {added[0]} found: renamed?)" if added else ""
@@ -274,8 +288,7 @@ def _diagnose(bundle: Path, present: list[str], signed: dict[str, str]) -> Verif
             return VerificationError(f"{rel}: content does not match its signed hash",
                                      "Re-download the bundle; this file was altered.",
                                      path=rel, exit_code=5)
-    return VerificationError("bundle content does not match its signature",
-                             "Re-download the bundle.", exit_code=5)
+    return None
 
 
 def verify_signature(bundle: Path, public_key: Path) -> dict[str, str]:
@@ -313,3 +326,61 @@ def verify_signature(bundle: Path, public_key: Path) -> dict[str, str]:
     if set(present) != set(signed):  # e.g. git paths, which model_signing skips
         raise _diagnose(bundle, present, signed)
     return signed
+
+
+def _signed_manifest(sig: Path, public_key: Path) -> dict[str, str]:
+    """Check the envelope of ``sig`` with ``public_key`` alone (no file is hashed) and return
+    the signed ``{relative path: sha256 hex}``.
+
+    Read from model_signing 1.1.1 (verifying.py ``Config.verify``; _signing/sign_ec_key.py
+    ``Verifier``): ``Config.verify`` hashes the folder and insists that every signed file be
+    present, so a download of some of the files cannot pass it. The verifier object it holds
+    checks the DSSE signature, the key hint and the statement's root digest, and returns the
+    signed manifest; it is a private attribute (``_verifier``), used only here. Any failure is
+    ``ValueError`` or another exception of model_signing, cryptography or json.
+    """
+    from model_signing import verifying
+    from model_signing._signing import sign_sigstore_pb
+
+    config = verifying.Config().use_elliptic_key_verifier(public_key=public_key)
+    manifest = config._verifier.verify(sign_sigstore_pb.Signature.read(sig))
+    kind = manifest.serialization_type
+    if kind.get("method") != "files" or kind.get("hash_type") != "sha256":
+        raise ValueError(f"unsupported layout {kind.get('method')}/{kind.get('hash_type')}")
+    return {rd.identifier: rd.digest.digest_hex for rd in manifest.resource_descriptors()}
+
+
+def verify_signature_partial(bundle: Path, public_key: Path, *, optional: Callable[[str], bool],
+                             ) -> tuple[dict[str, str], tuple[str, ...]]:
+    """Like :func:`verify_signature`, but signed files for which ``optional(path)`` is true may
+    be absent (a download of one quant). Returns the signed digests and the absent paths.
+
+    Every present file must hash to its signed digest (5) and be covered by the signature (6);
+    a missing file that is not optional fails (7). Present files are hashed here, once each.
+    """
+    bundle = _bundle_dir(bundle)
+    sig = bundle / SIGNATURE_FILE
+    if not os.path.lexists(sig):
+        raise VerificationError("model.sig: the bundle is not signed", _UNSIGNED_HINT,
+                                path=SIGNATURE_FILE, exit_code=3)
+    present = [f for f in _scan(bundle) if f != SIGNATURE_FILE]  # links first (exit 8)
+    if not sig.is_file():
+        raise _bad_signature("not a regular file")
+    _load_public_key(Path(public_key))
+    try:
+        signed = _signed_manifest(sig, Path(public_key))
+    except OSError as e:
+        raise VerificationError(f"{SIGNATURE_FILE}: cannot read: {e.strerror}",
+                                "Check the bundle's file permissions.",
+                                path=SIGNATURE_FILE) from e
+    except Exception as e:  # ValueError, InvalidSignature, KeyError... from a tampered model.sig
+        raise _bad_signature() from e
+    try:
+        if err := _first_difference(bundle, present, signed, optional=optional):
+            raise err
+    except OSError as e:  # a file vanished or became unreadable while hashing
+        rel = Path(e.filename).resolve().relative_to(bundle).as_posix() \
+            if e.filename and Path(e.filename).resolve().is_relative_to(bundle) else None
+        raise VerificationError(f"{rel or bundle}: cannot read: {e.strerror}",
+                                "Check the bundle's file permissions.", path=rel) from e
+    return signed, tuple(sorted(set(signed) - set(present)))

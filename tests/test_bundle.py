@@ -17,12 +17,18 @@ from jsonschema import Draft202012Validator
 
 from edgetune.artifacts import Bundle
 from edgetune.bundle import (
+    GATED_EMAIL_FIELD,
     MANIFEST_FILE,
     BundleInfo,
     BundleModel,
+    _model_card,
+    _persona_files,
+    _readable,
     build_bundle,
     gguf_file_name,
+    resign_bundle,
     schema_path,
+    stamp_distribution,
     verify_bundle,
 )
 from edgetune.errors import (
@@ -227,8 +233,8 @@ def test_model_card_front_matter_and_sections(built: Bundle, keys):
     assert card.startswith("---\n")
     front = yaml.safe_load(card.split("---\n")[1])
     assert front == {"license": "apache-2.0", "base_model": "Qwen/Qwen3-0.6B",
-                     "base_model_relation": "finetune", "pipeline_tag": "text-generation",
-                     "tags": ["gguf", "edgetune", "reasoning"]}
+                     "base_model_relation": "finetune", "quantized_by": "Ada | Coach",
+                     "pipeline_tag": "text-generation", "tags": ["gguf", "edgetune", "reasoning"]}
     for text in ("## Files", "| `edgetune-demo-Q5_K_M.gguf` | Q5_K_M | 4.9 KiB | 953.7 MiB |",
                  "| Q8_0 | 12.0 KiB | 953.7 MiB | 11.50 | 1.2000 | - | - | - | - | - | - | 280 | 38 "
                  "| - | - | - | - |",
@@ -492,3 +498,294 @@ def test_resigned_foreign_key_id_fails_with_4(bundle: Path, keys, other_keys):
     _resign(bundle, keys, manifest)
     err = _fails(bundle, keys.public_key)
     assert (err.path, err.exit_code) == (MANIFEST_FILE, 4)
+
+
+# --- model card metadata ----------------------------------------------------------------------
+
+REPO = "ada/coach-GGUF"
+
+
+def _front(card: str) -> dict:
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+def _card(built: Bundle, **changes) -> str:
+    """The card of the built bundle's manifest with ``changes`` (dotted keys) applied."""
+    manifest = _manifest(built.path)
+    for key, value in changes.items():
+        *parents, leaf = key.split(".")
+        target = manifest
+        for p in parents:
+            target = target.setdefault(p, {})
+        target[leaf] = value
+    assert Draft202012Validator(json.loads(schema_path().read_text())).is_valid(manifest)
+    return _model_card(manifest, _readable(json.loads((built.path / "eval.json").read_text())))
+
+
+def test_model_card_is_drawn_from_the_manifest_and_eval_json(built: Bundle):
+    """What stamp_distribution relies on: the card comes back byte for byte from the files."""
+    assert _card(built) == (built.path / "README.md").read_text()
+    assert "gated" not in _manifest(built.path)["distribution"]  # as before the field existed
+
+
+@pytest.mark.parametrize("base, hub", [
+    ("Qwen/Qwen3-0.6B", True), ("meta-llama/Llama-3.2-1B-Instruct", True),
+    ("edgetune-demo-base (built locally)", False), ("/home/ada/models/base", False),
+    ("./base", False), ("../models/base", False), ("ada--x/base", False), ("ada/base.", False),
+    ("ada/bäse", False), ("Qwen3-0.6B", False)])
+def test_card_names_a_base_model_only_when_it_is_a_hub_id(built: Bundle, base: str, hub: bool):
+    front = _front(_card(built, **{"base_model.name": base}))
+    assert ("base_model" in front, "base_model_relation" in front) == (hub, hub)
+    if hub:
+        assert (front["base_model"], front["base_model_relation"]) == (base, "finetune")
+    assert front["license"] == "apache-2.0" and front["quantized_by"] == "Ada | Coach"
+    assert front["pipeline_tag"] == "text-generation"
+
+
+def test_card_quotes_hostile_creator_names_as_yaml(built: Bundle):
+    name = 'Ada "the coach": #1 \\ ünï\n- x: y'
+    front = _front(_card(built, **{"creator.name": name, "distribution.hf_repo": REPO,
+                                   "distribution.gated": True}))
+    assert front["quantized_by"] == name and name in front["extra_gated_prompt"]
+
+
+def test_gated_card_has_the_access_form(built: Bundle):
+    open_card = _front(_card(built, **{"distribution.hf_repo": REPO}))
+    assert not any(k.startswith("extra_gated") for k in open_card)
+    card = _card(built, **{"distribution.hf_repo": REPO, "distribution.gated": True})
+    front = _front(card)
+    assert front["extra_gated_fields"] == {GATED_EMAIL_FIELD: "text"}
+    assert front["extra_gated_button_content"] == "Request access"
+    prompt = front["extra_gated_prompt"]
+    assert "Ada | Coach" in prompt and "paying followers" in prompt and "by hand" in prompt
+    assert "HF_TOKEN" in card and "PocketPal" in card
+    # metadata only when the manifest says gated, whatever the repo
+    assert "extra_gated_prompt" not in _front(_card(built, **{"distribution.gated": False}))
+
+
+def test_card_usage_downloads_from_the_repo(built: Bundle, keys):
+    card = _card(built, **{"distribution.hf_repo": REPO})
+    for text in (f"llama-cli -hf {REPO}:Q4_K_M -cnv -c 4096", f"ollama run hf.co/{REPO}:Q4_K_M",
+                 f"lms get {REPO}", "Add from Hugging Face", f"search `{REPO}`",
+                 f"edgetune pull {REPO}:Q4_K_M --key creator.pub",
+                 "edgetune verify . --key creator.pub", "model_signing verify key .",
+                 key_id_of(keys.public_key)):
+        assert text in card, text
+    assert "<user>" not in card and "llama-cli -m" not in card and "HF_TOKEN" not in card
+    local = (built.path / "README.md").read_text()  # no repo: the local files
+    assert "llama-cli -m edgetune-demo-Q4_K_M.gguf" in local and "hf.co/<user>/<repo>" in local
+    assert "edgetune pull" not in local and "Add Local Model" in local
+
+
+def test_build_stamps_repo_and_gated(tmp_path: Path, keys, models):
+    bundle = build_bundle(tmp_path / "g", _info(hf_repo=REPO, gated=True), models[:1],
+                          private_key=keys.private_key).path
+    assert _manifest(bundle)["distribution"] == {"hf_repo": REPO, "gated": True,
+                                                 "licence_required": False,
+                                                 "verify_with": "model.sig"}
+    front = _front((bundle / "README.md").read_text())
+    assert front["extra_gated_fields"] == {GATED_EMAIL_FIELD: "text"}
+    pal = json.loads((bundle / "personas/pocketpal-pal.json").read_text())
+    assert pal["defaultModel"]["id"] == f"{REPO}/{GGUFS[0]}"
+    assert verify_bundle(bundle, keys.public_key).missing == ()
+
+
+# --- stamp_distribution -----------------------------------------------------------------------
+
+def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {rel: ((folder / rel).read_bytes(), (folder / rel).stat().st_mtime_ns)
+            for rel in _files(folder)}
+
+
+def _listed_files(bundle: Path) -> list[tuple[str, int | None]]:
+    listed = [(f, (bundle / f).stat().st_size) for f in _files(bundle)
+              if f not in ("report.html", SIGNATURE_FILE)]
+    return sorted([*listed, ("report.html", None), (SIGNATURE_FILE, None)])
+
+
+def test_stamp_distribution_sets_repo_and_resigns(bundle: Path, keys):
+    from edgetune.report import html_report
+
+    before = _snapshot(bundle)
+    assert stamp_distribution(bundle, hf_repo=REPO, gated=True,
+                              private_key=keys.private_key) is True
+    manifest = _manifest(bundle)
+    assert manifest["distribution"] == {"hf_repo": REPO, "gated": True,
+                                        "licence_required": False, "verify_with": "model.sig"}
+    assert verify_bundle(bundle, keys.public_key).files == len(EXPECTED_FILES) - 1
+    pal_file = "personas/pocketpal-pal.json"
+    pal = json.loads((bundle / pal_file).read_text())
+    assert pal["defaultModel"] == {"id": f"{REPO}/edgetune-demo-Q4_K_M.gguf", "author": "ada",
+                                   "name": "edgetune-demo-Q4_K_M",
+                                   "filename": "edgetune-demo-Q4_K_M.gguf"}
+    # the same bytes as a bundle built for the repo
+    assert (bundle / pal_file).read_bytes() == \
+        _persona_files(_info(hf_repo=REPO), "edgetune-demo-Q4_K_M.gguf")[pal_file]
+    readable = _readable(json.loads((bundle / "eval.json").read_text()))
+    card = (bundle / "README.md").read_text()
+    assert card == _model_card(manifest, readable)
+    assert f"llama-cli -hf {REPO}:Q4_K_M" in card and "extra_gated_prompt" in card
+    # report.html lists the new sizes, as if drawn for this bundle
+    assert (bundle / "report.html").read_text() == \
+        html_report(manifest, readable, LOG, _listed_files(bundle))
+    after = _snapshot(bundle)
+    changed = {rel for rel in after if after[rel][0] != before[rel][0]}
+    assert changed == {MANIFEST_FILE, "README.md", pal_file, "report.html", SIGNATURE_FILE}
+    assert all(after[g] == before[g] for g in GGUFS)  # not copied again
+    assert {stat.S_IMODE((bundle / f).stat().st_mode) for f in EXPECTED_FILES} == {0o644}
+    _no_leftovers(bundle)
+    # once more with the same values: nothing is written, not even a timestamp
+    assert stamp_distribution(bundle, hf_repo=REPO, gated=True,
+                              private_key=keys.private_key) is False
+    assert _snapshot(bundle) == after
+
+
+def test_stamp_distribution_ungates_and_keeps_licence_required(bundle: Path, keys):
+    manifest = _manifest(bundle)
+    manifest["distribution"]["licence_required"] = True
+    _resign(bundle, keys, manifest)
+    assert stamp_distribution(bundle, hf_repo=REPO, gated=True, private_key=keys.private_key)
+    assert stamp_distribution(bundle, hf_repo="bob/coach", gated=False,
+                              private_key=keys.private_key)
+    assert _manifest(bundle)["distribution"] == {"hf_repo": "bob/coach",
+                                                 "licence_required": True,
+                                                 "verify_with": "model.sig"}
+    card = (bundle / "README.md").read_text()
+    assert "extra_gated" not in card and "ollama run hf.co/bob/coach:Q4_K_M" in card
+    pal = json.loads((bundle / "personas/pocketpal-pal.json").read_text())
+    assert pal["defaultModel"]["id"] == "bob/coach/edgetune-demo-Q4_K_M.gguf"
+    verify_bundle(bundle, keys.public_key)
+
+
+@pytest.mark.parametrize("repo, gated", [("no-slash", False), ("a/b/c", False),
+                                         ("ada/coach\n", False), ("ädä/coach", False),
+                                         (REPO, "manual")])
+def test_stamp_distribution_refuses_bad_values_and_writes_nothing(bundle: Path, keys, repo,
+                                                                  gated):
+    before = _snapshot(bundle)
+    with pytest.raises(ConfigError):
+        stamp_distribution(bundle, hf_repo=repo, gated=gated, private_key=keys.private_key)
+    assert _snapshot(bundle) == before
+
+
+def test_stamp_distribution_with_a_wrong_passphrase_writes_nothing(tmp_path: Path, models):
+    kp = generate_keypair(tmp_path / "k", "enc", passphrase=PASSPHRASE)
+    bundle = build_bundle(tmp_path / "b", _info(), models[:1], private_key=kp.private_key,
+                          passphrase=PASSPHRASE).path
+    before = _snapshot(bundle)
+    with pytest.raises(KeyFileError):
+        stamp_distribution(bundle, hf_repo=REPO, gated=False, private_key=kp.private_key,
+                           passphrase="wrong")
+    assert _snapshot(bundle) == before
+    assert stamp_distribution(bundle, hf_repo=REPO, gated=False, private_key=kp.private_key,
+                              passphrase=PASSPHRASE)
+    verify_bundle(bundle, kp.public_key)
+
+
+def test_crash_before_signing_is_repaired(bundle: Path, keys, tmp_path: Path):
+    """Every file written but model.sig: a rerun (or edgetune sign) makes the bundle whole."""
+    done = Path(shutil.copytree(bundle, tmp_path / "done"))
+    stamp_distribution(done, hf_repo=REPO, gated=True, private_key=keys.private_key)
+    for rel in (MANIFEST_FILE, "README.md", "personas/pocketpal-pal.json", "report.html"):
+        shutil.copyfile(done / rel, bundle / rel)  # the state just before resign_bundle
+    (bundle / ".README.md.x1y2.tmp").write_text("half")  # and a scratch file of a crash
+    assert _fails(bundle, keys.public_key).exit_code in (5, 6)
+    signed_copy = Path(shutil.copytree(bundle, tmp_path / "signed"))
+    assert stamp_distribution(bundle, hf_repo=REPO, gated=True, private_key=keys.private_key)
+    verify_bundle(bundle, keys.public_key)
+    assert {f: (bundle / f).read_bytes() for f in _files(bundle) if f != SIGNATURE_FILE} == \
+        {f: (done / f).read_bytes() for f in _files(done) if f != SIGNATURE_FILE}
+    (signed_copy / ".README.md.x1y2.tmp").unlink()
+    resign_bundle(signed_copy, keys.private_key)  # `edgetune sign`
+    assert verify_bundle(signed_copy, keys.public_key).files == len(EXPECTED_FILES) - 1
+
+
+def test_stamp_distribution_on_an_older_bundle_without_report(tmp_path: Path, keys, models):
+    bundle = build_bundle(tmp_path / "b", _info(), models[:2], private_key=keys.private_key).path
+    (bundle / "report.html").unlink()
+    (bundle / "reward.png").unlink()
+    sign_bundle(bundle, keys.private_key)
+    assert stamp_distribution(bundle, hf_repo=REPO, gated=False, private_key=keys.private_key)
+    card = (bundle / "README.md").read_text()
+    assert "report.html" not in card and f"lms get {REPO}" in card
+    verify_bundle(bundle, keys.public_key)
+
+
+# --- partial verification (a download of some quants) -----------------------------------------
+
+def _partial_fails(bundle: Path, pub: Path) -> VerificationError:
+    with pytest.raises(VerificationError) as info:
+        verify_bundle(bundle, pub, partial=True)
+    return info.value
+
+
+def test_partial_verify_accepts_a_bundle_without_some_quants(bundle: Path, keys):
+    full = verify_bundle(bundle, keys.public_key, partial=True)
+    assert full == verify_bundle(bundle, keys.public_key)  # all present: the same result
+    gone = (bundle / GGUFS[1]).stat().st_size
+    (bundle / GGUFS[1]).unlink()
+    err = _fails(bundle, keys.public_key)
+    assert (err.path, err.exit_code) == (GGUFS[1], 7)
+    result = verify_bundle(bundle, keys.public_key, partial=True)
+    assert result.missing == (GGUFS[1],)
+    assert (result.files, result.bytes) == (full.files - 1, full.bytes - gone)
+    (bundle / GGUFS[2]).unlink()
+    assert verify_bundle(bundle, keys.public_key, partial=True).missing == (GGUFS[1], GGUFS[2])
+    (bundle / GGUFS[0]).unlink()
+    err = _partial_fails(bundle, keys.public_key)
+    assert (err.path, err.exit_code) == (GGUFS[0], 7)
+
+
+def test_partial_verify_still_checks_every_present_file(bundle: Path, keys, other_keys):
+    (bundle / GGUFS[0]).unlink()
+    data = bytearray((bundle / GGUFS[2]).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (bundle / GGUFS[2]).write_bytes(bytes(data))
+    err = _partial_fails(bundle, keys.public_key)
+    assert (err.path, err.exit_code) == (GGUFS[2], 5)
+    data[len(data) // 2] ^= 0x01
+    (bundle / GGUFS[2]).write_bytes(bytes(data))
+    verify_bundle(bundle, keys.public_key, partial=True)
+    assert _partial_fails(bundle, other_keys.public_key).exit_code == 4
+    (bundle / "notes.txt").write_text("extra")
+    err = _partial_fails(bundle, keys.public_key)
+    assert (err.path, err.exit_code) == ("notes.txt", 6)
+    (bundle / "notes.txt").unlink()
+    shutil.copyfile(bundle / GGUFS[1], bundle / "other-Q2_K.gguf")  # an unsigned quant
+    err = _partial_fails(bundle, keys.public_key)
+    assert (err.path, err.exit_code) == ("other-Q2_K.gguf", 6)
+    (bundle / "other-Q2_K.gguf").unlink()
+    (bundle / "README.md").unlink()
+    err = _partial_fails(bundle, keys.public_key)
+    assert (err.path, err.exit_code) == ("README.md", 7)
+
+
+@pytest.mark.parametrize("where", ["middle", "signature"])
+def test_partial_verify_refuses_an_altered_signature(bundle: Path, keys, where: str):
+    (bundle / GGUFS[0]).unlink()
+    sig = bundle / SIGNATURE_FILE
+    data = bytearray(sig.read_bytes())
+    value = json.loads(data)["dsseEnvelope"]["signatures"][0]["sig"]
+    pos = len(data) // 2 if where == "middle" else data.index(value.encode()) + 10
+    data[pos] = ord("A") if data[pos] != ord("A") else ord("B")
+    sig.write_bytes(bytes(data))
+    err = _partial_fails(bundle, keys.public_key)
+    assert (err.path, err.exit_code) == (SIGNATURE_FILE, 4)
+    sig.unlink()
+    assert _partial_fails(bundle, keys.public_key).exit_code == 3
+
+
+def test_partial_verify_checks_the_manifest_of_what_is_left(bundle: Path, keys):
+    manifest = _manifest(bundle)
+    manifest["artifacts"][2]["sha256"] = hashlib.sha256(b"other").hexdigest()
+    _resign(bundle, keys, manifest)
+    (bundle / GGUFS[2]).unlink()  # absent, but its manifest entry still disagrees
+    err = _partial_fails(bundle, keys.public_key)
+    assert (err.path, err.exit_code) == (GGUFS[2], 11)
+
+
+def test_partial_verify_of_a_renamed_quant_fails(bundle: Path, keys):
+    os.rename(bundle / GGUFS[0], bundle / "renamed.gguf")
+    err = _partial_fails(bundle, keys.public_key)
+    assert (err.path, err.exit_code) == ("renamed.gguf", 6)
