@@ -524,6 +524,19 @@ def _signed_as_is(root: Path) -> bool:
         return False
 
 
+def card_for_repo(bundle: Path, *, hf_repo: str, gated: bool) -> str:
+    """The README.md that :func:`stamp_distribution` would write, without writing anything
+    (``edgetune publish --dry-run``)."""
+    root = Path(bundle).resolve()
+    manifest = _read_manifest(root)
+    dist = manifest.get("distribution") or {}
+    if dist.get("hf_repo") == hf_repo and dist.get("gated", False) == gated:
+        return (root / README_FILE).read_text(encoding="utf-8")
+    manifest["distribution"] = _distribution(hf_repo, gated, dist.get("licence_required", False))
+    eval_results = json.loads((root / EVAL_FILE).read_text(encoding="utf-8"))
+    return _model_card(manifest, _readable(eval_results), report_page=(root / REPORT_FILE).is_file())
+
+
 def stamp_distribution(bundle: Path, *, hf_repo: str, gated: bool, private_key: Path,
                        passphrase: str | None = None) -> bool:
     """Record that ``bundle`` is published as the Hugging Face repo ``hf_repo`` (``user/name``),

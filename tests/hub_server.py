@@ -256,6 +256,10 @@ class HubServer:
             self._users[name], self._tokens[token] = token, name
             return token
 
+    def token_of(self, name: str) -> str:
+        with self._lock:
+            return self._users[name]
+
     def request_access(self, repo_id: str, username: str, fields: dict[str, Any] | None = None,
                        email: str | None = None) -> None:
         """What a follower does from the repo page: ask for access (accepted at once if gated="auto")."""

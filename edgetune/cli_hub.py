@@ -1,0 +1,141 @@
+"""Hugging Face commands: publish a bundle, pull one. A thin Click layer over
+``edgetune.publish`` and ``edgetune.pull``; ``followers`` lives in ``edgetune.cli_followers``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from edgetune.cli_bundle import _PRIVATE_KEY, _default_private_key, _passphrase_for
+
+_TOKEN = click.option("--token", default=None, metavar="TOKEN",
+                      help="Hugging Face token. Default: HF_TOKEN, else the token file of "
+                           "`hf auth login`. Never printed.")
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--repo", default=None, metavar="USER/NAME",
+              help="The model repo. Default: the repo the bundle was built for (publish.repo).")
+@click.option("--private", "access", flag_value="private",
+              help="Only you can see the repo (the default for a new repo).")
+@click.option("--gated", "access", flag_value="gated",
+              help="Public page; files only for followers you accept (edgetune followers).")
+@click.option("--public", "access", flag_value="public", help="Anyone can download.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the files that would be uploaded and the model card; change nothing.")
+@_PRIVATE_KEY
+@click.option("--public-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The creator's public key. Default: the .pub beside --key.")
+@_TOKEN
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def publish(bundle, repo, access, dry_run, private_key, public_key, token, as_json) -> None:
+    """Publish a signed bundle as a Hugging Face model repo, tagged with its version.
+
+    Creates the repo if needed (private by default; --gated: anyone may ask, you accept paying
+    followers), records the repo in the bundle's manifest, model card and PocketPal file and
+    signs it again, then uploads only the files that differ from the repo. Publishing the same
+    bundle again uploads nothing; an interrupted upload continues when run again.
+
+    \b
+    Examples:
+      edgetune publish edgetune-out/bundle --repo coach-ada/marathon-coach --gated
+      edgetune publish edgetune-out/bundle --repo coach-ada/marathon-coach --dry-run
+    """
+    from edgetune.bundle import _read_manifest
+    from edgetune.console import console
+    from edgetune.publish import publish as run_publish
+
+    manifest = _read_manifest(Path(bundle).resolve())
+    dist = manifest.get("distribution") or {}
+    repo = repo or dist.get("hf_repo")
+    if not repo:
+        raise click.UsageError("--repo USER/NAME is needed: the bundle was built for no repo")
+    access = access or ("gated" if dist.get("gated") else "private")
+    private_key = private_key or _default_private_key()
+    passphrase = None if dry_run else _passphrase_for(private_key)
+    result = run_publish(bundle, repo, access=access, token=token, private_key=private_key,
+                         passphrase=passphrase, public_key=public_key, dry_run=dry_run,
+                         on_note=lambda m: console.print(f"[dim]{m}[/]", highlight=False))
+    if as_json:
+        click.echo(json.dumps({**result.as_json(), **({"card": result.card} if dry_run else {})}))
+        return
+    if dry_run:
+        click.echo(f"Dry run: {repo} ({access}), version {result.version}")
+        for f in result.files:
+            click.echo(f"  {f.action:<9} {_human(f.size):>10}  {f.path}")
+        for n in result.notes:
+            click.echo(f"note: {n}")
+        click.echo("\n--- README.md (model card) ---\n" + result.card)
+        return
+    up = result.uploaded
+    console.print(f"[bold green]Published[/] {repo} {result.version}: {len(up)} file(s) uploaded "
+                  f"({_human(result.bytes_uploaded)}), "
+                  f"{sum(f.action == 'unchanged' for f in result.files)} unchanged"
+                  + (f", {sum(f.action == 'delete' for f in result.files)} deleted"
+                     if any(f.action == 'delete' for f in result.files) else ""), highlight=False)
+    console.print(f"  commit {result.commit[:12] if result.commit else '-'}, tag {result.version}"
+                  f"{' (new)' if result.tagged else ''}; {result.url}", highlight=False)
+    for n in result.notes:
+        console.print(f"  note: {n}", highlight=False)
+
+
+@click.command()
+@click.argument("target", metavar="USER/NAME[:QUANT]")
+@click.option("--key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The creator's public key (.pub). Needed the first time; remembered per repo.")
+@click.option("--license", "--licence", "licence", type=click.Path(exists=True, dir_okay=False,
+              path_type=Path), default=None, help="Your licence file: checked before success.")
+@click.option("--revocations", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="The creator's revocation list (with --license).")
+@click.option("--revision", default=None, help="A version tag or commit. Default: the newest.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the bundle. Default: NAME (or NAME-QUANT).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out folder.")
+@_TOKEN
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def pull(target, key, licence, revocations, revision, out, overwrite, token, as_json) -> None:
+    """Download a published bundle (or one quant of it) and verify it before saying it is there.
+
+    Checks the creator's signature, every file's hash, the manifest and, with --license, your
+    licence; a download that fails is deleted. Gated repos need the token of an account the
+    creator accepted (HF_TOKEN).
+
+    \b
+    Examples:
+      edgetune pull coach-ada/marathon-coach:Q4_K_M --key coach.pub --license ada.licence.json
+      edgetune chat marathon-coach-Q4_K_M
+    """
+    from edgetune.console import console
+    from edgetune.pull import pull as run_pull
+
+    if revocations is not None and licence is None:
+        raise click.UsageError("--revocations needs --license")
+    result = run_pull(target, out=out, key=key, licence=licence, revocations=revocations,
+                      revision=revision, token=token, overwrite=overwrite,
+                      on_note=lambda m: console.print(f"[dim]{m}[/]", highlight=False))
+    if as_json:
+        click.echo(json.dumps({"repo": result.repo, "revision": result.revision,
+                               "path": str(result.path), "bundle_id": result.bundle_id,
+                               "version": result.version, "quants": list(result.quants),
+                               "files": result.files, "bytes": result.bytes,
+                               "key_id": result.key_id, "licence": result.licence_follower}))
+        return
+    console.print(f"[bold green]Verified[/] {result.bundle_id} {result.version} from {result.repo} "
+                  f"({', '.join(result.quants)}): {result.files} files, {_human(result.bytes)}, "
+                  f"signed by key {result.key_id[:16]}… -> {result.path}", highlight=False)
+    if result.licence_follower:
+        console.print(f"Licence OK: {result.licence_follower}"
+                      + (f", valid until {result.licence_expires}" if result.licence_expires
+                         else ""), highlight=False)
+    console.print(f"Chat with it: edgetune chat {result.path}", highlight=False)
