@@ -1,0 +1,581 @@
+"""Followers of a gated Hugging Face repo: list, accept, reject and grant access requests, and
+accept exactly the followers who paid (a payments CSV), optionally issuing their licences.
+
+Pure functions over a ``huggingface_hub.HfApi`` client (``edgetune.hub.api(token)``); the Click
+layer is ``edgetune.cli_followers``. Every Hub call goes through :func:`edgetune.hub.retrying`
+(429/5xx/network, with backoff) and :func:`edgetune.hub.errors` (HubError with a hint).
+
+One user's failure never loses the others: :func:`handle` and :func:`sync` finish their loop and
+return every user's outcome; an error that makes further calls pointless (token refused, no
+rights on the repo, the Hub down for several users in a row) stops the loop, marks the rest as
+not attempted and is returned in the result's ``error`` for the caller to raise after reporting.
+Everything is idempotent: a rerun only does what is still left to do.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgetune import hub
+from edgetune.bundle import GATED_EMAIL_FIELD
+from edgetune.errors import DataError
+
+STATUSES = ("pending", "accepted", "rejected")
+ACTIONS = ("accept", "reject", "grant")
+REJECTION_REASON_MAX = 200  # the Hub refuses longer rejection reasons
+# After this many users in a row failed on the network or with 5xx (each after all retries),
+# the Hub is down: stop instead of spending minutes of backoff on every remaining user.
+MAX_CONSECUTIVE_TRANSIENT = 3
+
+_USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
+_PAST = {"accept": "accepted", "reject": "rejected", "grant": "granted"}
+
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+Retry = Callable[[str], None]
+
+
+# --- access requests --------------------------------------------------------------------------
+
+def payment_email(request: Any) -> str | None:
+    """The follower's answer to the access form's payment-email field (key matched loosely)."""
+    fields = getattr(request, "fields", None) or {}
+    wanted = GATED_EMAIL_FIELD.strip().lower()
+    for key, value in fields.items():
+        if isinstance(key, str) and key.strip().lower() == wanted and isinstance(value, str):
+            return value.strip() or None
+    return None
+
+
+def request_json(request: Any) -> dict:
+    """An AccessRequest as JSON-ready data (the same keys the CLI's --json prints)."""
+    stamp = getattr(request, "timestamp", None)
+    return {"username": request.username, "fullname": request.fullname, "email": request.email,
+            "payment_email": payment_email(request),
+            "requested_at": stamp.isoformat() if stamp is not None else None,
+            "status": request.status, "fields": request.fields or {}}
+
+
+def _list(client: Any, repo: str, status: str, on_retry: Retry | None) -> list:
+    methods = {"pending": client.list_pending_access_requests,
+               "accepted": client.list_accepted_access_requests,
+               "rejected": client.list_rejected_access_requests}
+    call = methods[status]
+    with hub.errors(repo, writing=True):  # listing needs the rights that accepting needs
+        try:  # 1.33 yields lazily: list() inside the retried call, so a retry starts over
+            return hub.retrying(lambda: list(call(repo)), what=f"listing {status} requests",
+                                on_retry=on_retry)
+        except Exception as exc:
+            if hub.status_of(exc) == 400:  # documented: "HTTP 400 if the repo is not gated"
+                raise _not_gated(repo, exc) from exc
+            raise
+
+
+def _not_gated(repo: str, exc: BaseException) -> hub.HubError:
+    server = hub.redact(getattr(exc, "server_message", "") or "")
+    return hub.HubError(
+        f"{repo} is not a gated repo, so it has no access requests"
+        + (f" (the Hub said: {server[:200]})" if server else ""),
+        hint="turn on access requests with manual approval in the repo's settings on the Hub "
+             "(or publish the bundle as gated), then share the repo page with your followers")
+
+
+def list_requests(client: Any, repo: str, status: str = "pending", *,
+                  on_retry: Retry | None = None) -> list:
+    """Access requests of ``repo`` with ``status`` (pending, accepted, rejected or all).
+
+    Returns ``huggingface_hub`` AccessRequest objects, oldest first within each status.
+    """
+    hub.check_repo_id(repo)
+    if status not in (*STATUSES, "all"):
+        raise ValueError(f"status must be one of {', '.join(STATUSES)} or all, not {status!r}")
+    found: list = []
+    for each in (STATUSES if status == "all" else (status,)):
+        found += _list(client, repo, each, on_retry)
+    return found
+
+
+# --- accept / reject / grant --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one user: ``ok`` False means the action did not happen (see detail)."""
+
+    user: str
+    action: str  # accept, reject or grant
+    ok: bool
+    changed: bool  # False: nothing to do (already in that state), failed or not attempted
+    detail: str  # "accepted", "already accepted", or why it failed
+
+    def to_json(self) -> dict:
+        return {"user": self.user, "action": self.action, "ok": self.ok,
+                "changed": self.changed, "detail": self.detail}
+
+
+@dataclass
+class HandleResult:
+    repo: str
+    action: str
+    outcomes: list[Outcome] = field(default_factory=list)
+    error: hub.HubError | None = None  # stopped early: raise it after reporting the outcomes
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and all(o.ok for o in self.outcomes)
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+
+def _as_hub_error(repo: str, exc: BaseException) -> hub.HubError:
+    """What ``hub.errors`` makes of ``exc`` (HubError with a hint)."""
+    try:
+        with hub.errors(repo, writing=True):
+            raise exc
+    except hub.HubError as mapped:
+        return mapped
+    except Exception:  # noqa: BLE001 - not a Hub error: describe it without its text
+        return hub.HubError(f"{repo}: {type(exc).__name__}",
+                            hint="set EDGETUNE_DEBUG=1 for details")
+
+
+def _user_problem(exc: BaseException) -> str | None:
+    """The reason when the Hub refused the call for this user only (400/404 on that user)."""
+    from huggingface_hub import errors as hf
+
+    status = hub.status_of(exc)
+    if isinstance(exc, hf.RepositoryNotFoundError) or status not in (400, 404):
+        return None
+    server = hub.redact(getattr(exc, "server_message", "") or "").strip()
+    return f"refused by the Hub (HTTP {status})" + (f": {server[:200]}" if server else "")
+
+
+def _apply(client: Any, repo: str, plan: Sequence[tuple[str, str | None]], action: str, *,
+           reason: str | None, on_progress: Progress | None,
+           on_retry: Retry | None) -> HandleResult:
+    """Do ``action`` for each (username, current status or None); never stop on one user."""
+    result = HandleResult(repo, action)
+    total, streak = len(plan), 0
+    if on_progress:
+        on_progress(action, 0, total)
+    for done, (user, status) in enumerate(plan, start=1):
+        if result.error is not None:
+            result.outcomes.append(Outcome(user, action, False, False,
+                                           "not attempted (stopped early; rerun to continue)"))
+            continue
+        if action == "accept" or (action == "grant" and status in ("pending", "rejected")):
+            # accepting keeps the follower's request and form answers; grant is for the others
+            call = lambda u=user: client.accept_access_request(repo, u)  # noqa: E731
+        elif action == "reject":
+            call = lambda u=user: client.reject_access_request(  # noqa: E731
+                repo, u, rejection_reason=reason)
+        else:
+            call = lambda u=user: client.grant_access(repo, u)  # noqa: E731
+        try:
+            hub.retrying(call, what=f"{action} {user}", on_retry=on_retry)
+        except Exception as exc:  # noqa: BLE001 - classified: this user, transient, or fatal
+            problem = _user_problem(exc)
+            if problem is not None:
+                streak = 0
+                result.outcomes.append(Outcome(user, action, False, False, problem))
+            elif hub.transient(exc):
+                streak += 1
+                mapped = _as_hub_error(repo, exc)
+                result.outcomes.append(Outcome(user, action, False, False,
+                                               f"{mapped.message} (after retries)"))
+                if streak >= MAX_CONSECUTIVE_TRANSIENT:
+                    result.error = hub.HubError(
+                        f"{repo}: the Hub failed for {streak} users in a row; stopped",
+                        hint="try again later: a rerun continues where this one stopped")
+            else:  # token refused, no rights on the repo, ...: the same for every user
+                result.error = _as_hub_error(repo, exc)
+                result.outcomes.append(Outcome(user, action, False, False, result.error.message))
+        else:
+            streak = 0
+            result.outcomes.append(Outcome(user, action, True, True, _PAST[action]))
+        if on_progress:
+            on_progress(action, done, total)
+    return result
+
+
+def _unique(users: Iterable[str]) -> list[str]:
+    seen: dict[str, str] = {}
+    for user in users:
+        user = user.strip().lstrip("@")
+        if user and user.lower() not in seen:
+            seen[user.lower()] = user
+    return list(seen.values())
+
+
+def handle(client: Any, repo: str, users: Iterable[str], action: str, *,
+           reason: str | None = None, on_progress: Progress | None = None,
+           on_retry: Retry | None = None) -> HandleResult:
+    """Accept, reject or grant access for ``users``; one outcome per user, in order.
+
+    The three request lists are read first (3 calls), so that a user already in the wanted
+    state is reported as unchanged (not an error), and a user with no request to accept or
+    reject is reported as failed without calling the Hub. ``grant`` needs no request.
+    Usernames match case-insensitively; the Hub's spelling is used.
+    """
+    hub.check_repo_id(repo)
+    if action not in ACTIONS:
+        raise ValueError(f"action must be one of {', '.join(ACTIONS)}, not {action!r}")
+    _check_reason(reason)
+    known: dict[str, tuple[str, str]] = {}  # lower username -> (username, status)
+    for status in STATUSES:
+        for request in _list(client, repo, status, on_retry):
+            known[request.username.lower()] = (request.username, status)
+    names = _unique(users)
+    decided: dict[str, Outcome] = {}  # lower username -> outcome decided without a call
+    plan: list[tuple[str, str | None]] = []
+    already = {"accept": "accepted", "reject": "rejected", "grant": "accepted"}[action]
+    for user in names:
+        name, status = known.get(user.lower(), (user, None))
+        if status == already:
+            decided[user.lower()] = Outcome(name, action, True, False, f"already {status}"
+                                            if action != "grant" else "already has access")
+        elif status is None and action != "grant":
+            decided[user.lower()] = Outcome(
+                name, action, False, False,
+                f"no access request from {name}" + (" (grant gives access without one)"
+                                                    if action == "accept" else ""))
+        else:
+            plan.append((name, status))
+    done = _apply(client, repo, plan, action, reason=reason, on_progress=on_progress,
+                  on_retry=on_retry)
+    decided.update((o.user.lower(), o) for o in done.outcomes)
+    return HandleResult(repo, action, [decided[u.lower()] for u in names], done.error)
+
+
+def _check_reason(reason: str | None) -> None:
+    if reason is not None and len(reason) > REJECTION_REASON_MAX:
+        raise DataError(f"the rejection reason has {len(reason)} characters",
+                        f"the Hub takes at most {REJECTION_REASON_MAX}: shorten it")
+
+
+# --- payments -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Payments:
+    """Who paid: Hugging Face usernames and payment emails, both lowercased and trimmed."""
+
+    path: Path
+    usernames: frozenset[str]
+    emails: frozenset[str]
+    rows: int
+
+    def match(self, request: Any) -> tuple[str, str | None] | None:
+        """How ``request`` matches: ("username", None), ("email", email), or None."""
+        if request.username.lower() in self.usernames:
+            return "username", None
+        for email in _emails_of(request):
+            if email in self.emails:
+                return "email", email
+        return None
+
+
+def _emails_of(request: Any) -> list[str]:
+    found = [e.strip().lower() for e in (getattr(request, "email", None), payment_email(request))
+             if isinstance(e, str) and e.strip()]
+    return list(dict.fromkeys(found))
+
+
+def _column(name: str) -> str:
+    """Header names compare without case, spaces, '-' and '_': "HF Username", "E-Mail" work."""
+    return re.sub(r"[\s_-]+", "", name.strip().lower())
+
+
+_PAYMENTS_HINT = ("payments.csv needs a header row with an hf_username column, an email column, "
+                  "or both (comma-separated, UTF-8); other columns are ignored")
+
+
+def read_payments(path: Path) -> Payments:
+    """Read a payments CSV: header row with ``hf_username`` and/or ``email`` (any case).
+
+    Extra columns are ignored, a UTF-8 BOM and blank lines are fine, a ``;`` or tab separated
+    file is read too. Every bad line is reported together as ``file:line: what``, so that one
+    edit fixes them all; an empty list is refused (rejecting everyone is never what was meant).
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}", _PAYMENTS_HINT) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte {raw[e.start]:#04x})",
+                        "save the file as CSV UTF-8 (in a spreadsheet: File > Save as > "
+                        "CSV UTF-8)") from None
+    first = next((ln for ln in text.splitlines() if ln.strip()), "")
+    delimiter = ","
+    if "," not in first:
+        delimiter = next((d for d in (";", "\t") if d in first), ",")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    problems: list[str] = []
+    header: list[str] | None = None
+    header_line = 0
+    usernames: set[str] = set()
+    emails: set[str] = set()
+    rows = 0
+    user_col = email_col = None
+    previous = 0
+    while True:
+        start = previous + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            raise DataError(f"{path}:{start}: malformed CSV ({e})",
+                            "check the quotes on that line: a cell with a comma or a quote "
+                            "must be in double quotes, with inner quotes doubled") from None
+        previous = reader.line_num
+        if not any(cell.strip() for cell in row):
+            continue  # blank line
+        if header is None:
+            header, header_line = [_column(c) for c in row], start
+            user_col = _find(header, "hf_username", path, start)
+            email_col = _find(header, "email", path, start)
+            if user_col is None and email_col is None:
+                shown = ", ".join(c.strip() for c in row)[:200]
+                raise DataError(f"{path}:{start}: no hf_username or email column in the header "
+                                f"({shown})", _PAYMENTS_HINT)
+            continue
+        rows += 1
+        if len(row) > len(header):
+            problems.append(f"{path}:{start}: {len(row)} cells but the header has "
+                            f"{len(header)} columns (quote cells that contain '{delimiter}')")
+            continue
+        user = row[user_col].strip().lstrip("@") if user_col is not None and user_col < len(row) \
+            else ""
+        email = row[email_col].strip() if email_col is not None and email_col < len(row) else ""
+        if not user and not email:
+            problems.append(f"{path}:{start}: no hf_username and no email on this line")
+            continue
+        if user:
+            if "@" in user and _EMAIL.fullmatch(user):
+                problems.append(f"{path}:{start}: hf_username {user!r} looks like an email: "
+                                "put it in the email column")
+                continue
+            if not _USERNAME.fullmatch(user):
+                problems.append(f"{path}:{start}: hf_username {user!r} is not a Hugging Face "
+                                "username (letters, digits, '-', '_', '.')")
+                continue
+            usernames.add(user.lower())
+        if email:
+            if not _EMAIL.fullmatch(email):
+                problems.append(f"{path}:{start}: email {email!r} is not an email address")
+                continue
+            emails.add(email.lower())
+    if header is None:
+        raise DataError(f"{path}:1: the file is empty", _PAYMENTS_HINT)
+    if problems:
+        more = f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""
+        raise DataError("; ".join(problems[:20]) + more,
+                        "fix these lines (or delete them) and run again; nothing was changed")
+    if not rows:
+        raise DataError(f"{path}:{header_line + 1}: no payments listed under the header",
+                        "add one line per payment (an empty list would accept nobody)")
+    return Payments(path, frozenset(usernames), frozenset(emails), rows)
+
+
+def _find(header: list[str], name: str, path: Path, line: int) -> int | None:
+    where = [i for i, col in enumerate(header) if col == _column(name)]
+    if len(where) > 1:
+        raise DataError(f"{path}:{line}: the header has {len(where)} {name} columns",
+                        "keep one of them")
+    return where[0] if where else None
+
+
+# --- sync ---------------------------------------------------------------------------------------
+
+@dataclass
+class SyncResult:
+    """What ``sync`` did (or, with dry_run, would do). Requests are AccessRequest objects."""
+
+    repo: str
+    dry_run: bool
+    reject_unpaid: bool
+    accepted: list = field(default_factory=list)  # paid, accepted now (or would be)
+    unpaid: list = field(default_factory=list)  # pending, not in payments: left or rejected
+    rejected: list = field(default_factory=list)  # of unpaid: rejected now (or would be)
+    conflicts: list = field(default_factory=list)  # payment email claimed by several accounts
+    already_accepted: list = field(default_factory=list)  # paid and had access before
+    rejected_paid: list = field(default_factory=list)  # paid but rejected earlier: left alone
+    failures: list[Outcome] = field(default_factory=list)
+    error: hub.HubError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.failures
+
+    @property
+    def left_pending(self) -> list:
+        rejected = {r.username for r in self.rejected}
+        return [r for r in [*self.unpaid, *self.conflicts] if r.username not in rejected]
+
+    def fate(self, request: Any) -> str:
+        """What became of an unpaid request: rejected, would be rejected, reject failed, ..."""
+        if request.username in {r.username for r in self.rejected}:
+            return "would be rejected" if self.dry_run else "rejected"
+        if request.username in {o.user for o in self.failures}:
+            return "reject failed"
+        return "left pending"
+
+    @property
+    def paid_with_access(self) -> list[str]:
+        """Usernames of paid followers who have access after this run (for licences)."""
+        return [r.username for r in [*self.already_accepted, *self.accepted]]
+
+
+def sync(client: Any, repo: str, payments: Payments, *, dry_run: bool = False,
+         reject_unpaid: bool = False, recheck_rejected: bool = False,
+         reason: str | None = None, on_progress: Progress | None = None,
+         on_retry: Retry | None = None) -> SyncResult:
+    """Accept every pending request that matches ``payments``; leave or reject the rest.
+
+    A request matches by username, or by the follower's email or the access form's payment
+    email. The form is typed by the follower, so an email claimed by two accounts (pending or
+    already accepted) accepts neither: those are reported as conflicts and left pending.
+    With ``recheck_rejected``, paid followers whose request was rejected earlier (e.g. by
+    --reject-unpaid before their payment arrived) are accepted too. A rerun accepts nothing new.
+    """
+    hub.check_repo_id(repo)
+    _check_reason(reason)
+    lists = {status: _list(client, repo, status, on_retry) for status in STATUSES}
+    result = SyncResult(repo, dry_run, reject_unpaid)
+    candidates = lists["pending"] + (lists["rejected"] if recheck_rejected else [])
+    matches = {id(r): payments.match(r) for r in [*lists["accepted"], *candidates]}
+    claimants: dict[str, set[str]] = {}
+    for request in [*lists["accepted"], *candidates]:
+        how = matches[id(request)]
+        if how is not None and how[0] == "email":
+            claimants.setdefault(how[1], set()).add(request.username.lower())
+    result.already_accepted = [r for r in lists["accepted"] if matches[id(r)] is not None]
+    if not recheck_rejected:
+        result.rejected_paid = [r for r in lists["rejected"] if payments.match(r) is not None]
+    for request in candidates:
+        how = matches[id(request)]
+        if how is None:
+            if request.status == "pending":
+                result.unpaid.append(request)
+        elif how[0] == "email" and len(claimants[how[1]]) > 1:
+            if request.status == "pending":  # a rejected one simply stays rejected
+                result.conflicts.append(request)
+        else:
+            result.accepted.append(request)
+    result.rejected = list(result.unpaid) if reject_unpaid else []
+    if dry_run:
+        return result
+    result.accepted = _carry_out(client, result, result.accepted, "accept", None,
+                                 on_progress, on_retry)
+    result.rejected = _carry_out(client, result, result.rejected, "reject", reason,
+                                 on_progress, on_retry)
+    return result
+
+
+def _carry_out(client: Any, result: SyncResult, requests: list, action: str,
+               reason: str | None, on_progress: Progress | None, on_retry: Retry | None) -> list:
+    """Do ``action`` for ``requests``; return those it was done for, record the failures."""
+    if not requests or result.error is not None:  # stopped already: do nothing more
+        return []
+    done = _apply(client, result.repo, [(r.username, r.status) for r in requests], action,
+                  reason=reason, on_progress=on_progress, on_retry=on_retry)
+    ok = {o.user for o in done.outcomes if o.ok}
+    result.failures += done.failed
+    result.error = done.error
+    return [r for r in requests if r.username in ok]
+
+
+# --- licences -----------------------------------------------------------------------------------
+
+@dataclass
+class LicenceBatch:
+    bundle_id: str
+    version: str
+    written: list[Path] = field(default_factory=list)
+    kept: list[Path] = field(default_factory=list)  # a licence file was already there
+    # of kept: files not bound to this bundle_id and version (a licence binds one exact
+    # version, so these followers have no licence for this release: use another folder)
+    other_release: list[Path] = field(default_factory=list)
+
+
+def licence_path(out_dir: Path, follower: str) -> Path:
+    from edgetune.licences import LICENCE_SUFFIX, safe_file_stem
+
+    return Path(out_dir) / (safe_file_stem(follower) + LICENCE_SUFFIX)
+
+
+def check_licence_key(private_key: Path, passphrase: str | None, bundle: Path) -> tuple[str, str]:
+    """Fail before touching the Hub when the key, its passphrase or the bundle will not do.
+
+    Signs one throwaway licence in memory (never written); returns (bundle_id, version).
+    """
+    from edgetune.licences import issue_for_bundle
+
+    envelope = issue_for_bundle(private_key, passphrase, bundle, follower="preflight")
+    payload = json.loads(base64.b64decode(envelope["payload"]))
+    return payload["bundle_id"], payload["bundle_version"]
+
+
+def issue_licences(private_key: Path, passphrase: str | None, bundle: Path | tuple[str, str],
+                   followers: Iterable[str], out_dir: Path) -> LicenceBatch:
+    """One licence per follower (follower id = HF username) into ``out_dir``.
+
+    ``bundle`` is the bundle folder or edgetune.json (checked against the key), or its
+    (bundle_id, version). Existing licence files are kept, never overwritten; those bound to
+    another bundle or version are listed in ``other_release``. The rest go through
+    ``licences.issue_from_csv`` (key loaded once, one disk sync for the batch): 1,000 in ~1 s.
+    """
+    from edgetune.licences import issue_from_csv
+
+    ids = tuple(bundle) if isinstance(bundle, (tuple, list)) else \
+        check_licence_key(private_key, passphrase, bundle)
+    out_dir, batch = Path(out_dir), LicenceBatch(*ids)
+    todo: list[str] = []
+    seen: set[str] = set()
+    for follower in followers:
+        path = licence_path(out_dir, follower)
+        if path.name.lower() in seen:
+            continue
+        seen.add(path.name.lower())
+        if os.path.lexists(path):
+            batch.kept.append(path)
+            if _bound_to(path) != ids:
+                batch.other_release.append(path)
+        else:
+            todo.append(follower)
+    if not todo:
+        return batch
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="edgetune-followers-") as tmp:
+        listing = Path(tmp) / "followers.csv"
+        with open(listing, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["follower"])
+            writer.writerows([f] for f in todo)
+        batch.written = issue_from_csv(private_key, passphrase, bundle, listing, out_dir)
+    return batch
+
+
+def _bound_to(path: Path) -> tuple[str, str] | None:
+    """(bundle_id, bundle_version) written in a licence file, unchecked; None if unreadable."""
+    try:
+        envelope = json.loads(Path(path).read_text(encoding="utf-8"))
+        payload = json.loads(base64.b64decode(envelope["payload"], validate=True))
+        return payload["bundle_id"], payload["bundle_version"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
