@@ -495,9 +495,10 @@ def targets() -> None:
 
 from edgetune.cli_bundle import keys, license_group, sign, verify  # noqa: E402  (after cli)
 from edgetune.cli_chat import chat, compare  # noqa: E402
+from edgetune.cli_followers import followers  # noqa: E402
 from edgetune.cli_hub import publish, pull  # noqa: E402
 
-for _command in (keys, verify, sign, license_group, chat, compare, publish, pull):
+for _command in (keys, verify, sign, license_group, chat, compare, publish, followers, pull):
     cli.add_command(_command)
 
 

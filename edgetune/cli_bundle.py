@@ -31,7 +31,9 @@ def _passphrase_for(private_key: Path) -> str | None:
         encrypted = b"ENCRYPTED" in Path(private_key).read_bytes()
     except OSError:
         return None  # the library reports the missing key with a hint
-    return click.prompt(f"Passphrase for {private_key}", hide_input=True) if encrypted else None
+    # On stderr: stdout may carry --json output.
+    return (click.prompt(f"Passphrase for {private_key}", hide_input=True, err=True)
+            if encrypted else None)
 
 
 _PRIVATE_KEY = click.option(

@@ -24,7 +24,7 @@ T = TypeVar("T")
 # tree, tags, commits, access requests), all safe to repeat.
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0)
 _TOKEN = re.compile(r"hf_[A-Za-z0-9]{6,}")
-_LOGIN_HINT = ("set HF_TOKEN, pass --token, or run `hf auth login` (the token needs write access "
+LOGIN_HINT = ("set HF_TOKEN, pass --token, or run `hf auth login` (the token needs write access "
                "to publish)")
 
 
@@ -66,17 +66,17 @@ def check_repo_id(repo: str) -> str:
     return repo
 
 
-def _status(exc: BaseException) -> int | None:
+def status_of(exc: BaseException) -> int | None:
     response = getattr(exc, "response", None)
     return getattr(response, "status_code", None)
 
 
-def _transient(exc: BaseException) -> bool:
+def transient(exc: BaseException) -> bool:
     import httpx
 
     if isinstance(exc, (httpx.TransportError, ConnectionError, TimeoutError)):
         return True
-    status = _status(exc)
+    status = status_of(exc)
     return status is not None and (status == 429 or status >= 500)
 
 
@@ -86,7 +86,7 @@ def retrying(call: Callable[[], T], *, what: str, on_retry: Callable[[str], None
         try:
             return call()
         except Exception as exc:  # noqa: BLE001 - classified below, re-raised when not transient
-            if pause is None or not _transient(exc):
+            if pause is None or not transient(exc):
                 raise
             if on_retry:
                 on_retry(f"{what}: {_describe(exc)}; trying again in {pause:g} s "
@@ -96,7 +96,7 @@ def retrying(call: Callable[[], T], *, what: str, on_retry: Callable[[str], None
 
 
 def _describe(exc: BaseException) -> str:
-    status = _status(exc)
+    status = status_of(exc)
     return f"HTTP {status}" if status else type(exc).__name__
 
 
@@ -116,7 +116,7 @@ def errors(repo: str, *, writing: bool = False) -> Iterator[None]:
                             "accept it; then pull with the token of that account") from exc
     except hf.RepositoryNotFoundError as exc:
         raise HubError(f"{repo}: repository not found, or private and not visible with this token",
-                       hint="check the name; for a private or gated repo " + _LOGIN_HINT) from exc
+                       hint="check the name; for a private or gated repo " + LOGIN_HINT) from exc
     except hf.RevisionNotFoundError as exc:
         raise HubError(f"{repo}: that revision does not exist",
                        hint="leave out --revision for the newest, or pick a tag from the repo "
@@ -125,15 +125,15 @@ def errors(repo: str, *, writing: bool = False) -> Iterator[None]:
         raise HubError(f"{repo}: a file the bundle lists is missing from the repo",
                        hint="ask the creator to publish the bundle again") from exc
     except hf.HfHubHTTPError as exc:
-        status = _status(exc)
+        status = status_of(exc)
         if status == 401:
             raise HubError("the Hugging Face token was refused (HTTP 401)",
-                           hint=_LOGIN_HINT) from exc
+                           hint=LOGIN_HINT) from exc
         if status == 403:
             raise HubError(f"{repo}: this token may not {'write to' if writing else 'read'} it "
                            "(HTTP 403)",
                            hint="use a token with write access to the repo's owner"
-                           if writing else _LOGIN_HINT) from exc
+                           if writing else LOGIN_HINT) from exc
         server = getattr(exc, "server_message", "") or ""
         raise HubError(f"{repo}: the Hub answered HTTP {status}"
                        + (f": {redact(server)[:300]}" if server else ""),
@@ -147,6 +147,6 @@ def errors(repo: str, *, writing: bool = False) -> Iterator[None]:
 def whoami(client: Any, on_retry: Callable[[str], None] | None = None) -> str:
     """The token's user name (one call; refuses an anonymous client)."""
     if not client.token:
-        raise HubError("no Hugging Face token found", hint=_LOGIN_HINT)
+        raise HubError("no Hugging Face token found", hint=LOGIN_HINT)
     info = retrying(lambda: client.whoami(), what="checking the token", on_retry=on_retry)
     return info["name"]

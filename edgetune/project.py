@@ -32,7 +32,8 @@ DEFAULT_LICENSE_TERMS = "All rights reserved by the creator."  # BundleInfo's de
 
 @dataclass(frozen=True)
 class Publish:
-    """Where the bundle goes on the Hugging Face Hub (stored; publishing is not wired yet)."""
+    """Where the bundle goes on the Hugging Face Hub: recorded in the bundle at build time, and
+    ``edgetune publish``'s default repo and access (gated: manual approval)."""
 
     repo: str  # "user/name"
     private: bool = True

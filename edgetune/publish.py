@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,7 +218,7 @@ def publish(bundle: Path, repo: str, *, access: str = "private", token: str | No
         if token:
             hub.whoami(client, note)  # a refused token is said once, plainly, before all else
         elif not dry_run:
-            raise hub.HubError("no Hugging Face token found", hint=hub._LOGIN_HINT)
+            raise hub.HubError("no Hugging Face token found", hint=hub.LOGIN_HINT)
         info, head = _repo_state(client, repo, note) if token else (None, None)
         remote = _remote_files(client, repo, head, note) if head else {}
         result.files = _changes(root, digests, remote)

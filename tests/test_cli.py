@@ -80,8 +80,10 @@ def _squash(text: str) -> str:
 
 def test_command_tree_is_what_the_tests_cover():
     assert [" ".join(p) for p, _ in ALL_COMMANDS[1:]] == [
-        "build", "chat", "compare", "eval", "init", "keys", "keys new", "license",
-        "license issue", "license revoke", "sign", "status", "targets", "train", "verify"]
+        "build", "chat", "compare", "eval", "followers", "followers accept", "followers grant",
+        "followers list", "followers pending", "followers reject", "followers sync", "init", "keys",
+        "keys new", "license", "license issue", "license revoke", "publish", "pull", "sign",
+        "status", "targets", "train", "verify"]
 
 
 @pytest.mark.parametrize(("path", "command"), ALL_COMMANDS, ids=_ids(ALL_COMMANDS))
