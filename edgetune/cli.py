@@ -13,22 +13,11 @@ from pathlib import Path
 import click
 
 from edgetune import __version__
-from edgetune.errors import EdgetuneError
+from edgetune.errors import ErrorGroup
 
 
-class _Cli(click.Group):
-    """Turns EdgetuneError into ``Error:`` / ``Hint:`` lines and its exit code; no traceback."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except EdgetuneError as exc:
-            if os.environ.get("EDGETUNE_DEBUG"):
-                raise
-            click.echo(f"Error: {exc.message}", err=True)
-            if exc.hint:
-                click.echo(f"Hint: {exc.hint}", err=True)
-            ctx.exit(exc.exit_code)
+class _Cli(ErrorGroup, click.Group):
+    """The main group: EdgetuneError becomes ``Error:`` / ``Hint:`` lines (errors.ErrorGroup)."""
 
 
 @click.group(cls=_Cli)

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 
 import click
 
 from edgetune.cli_bundle import _passphrase_for
-from edgetune.errors import EdgetuneError
+from edgetune.errors import EdgetuneError, ErrorGroup
 
 _FEW = 5  # more accepts than this get a progress bar
 _SHOWN = 50  # rows of a long list printed before "... and N more"
@@ -23,22 +22,8 @@ _DEFAULT_REASON = ("No payment found for this account or the email you entered. 
                    "contact the creator with your payment email.")
 
 
-class _Group(click.Group):
-    """``Error:`` / ``Hint:`` lines and the error's exit code instead of a traceback.
-
-    The same as the main CLI does, so that the group also behaves when invoked on its own.
-    """
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except EdgetuneError as exc:
-            if os.environ.get("EDGETUNE_DEBUG"):
-                raise
-            click.echo(f"Error: {exc.message}", err=True)
-            if exc.hint:
-                click.echo(f"Hint: {exc.hint}", err=True)
-            ctx.exit(exc.exit_code)
+class _Group(ErrorGroup, click.Group):
+    """Errors as the main CLI shows them, also when the group is invoked on its own."""
 
 
 @click.group(cls=_Group)
