@@ -27,6 +27,13 @@ def _no_backoff(monkeypatch):
     monkeypatch.setattr(hubmod, "BACKOFF_S", (0.0, 0.0, 0.0, 0.0))
 
 
+@pytest.fixture(autouse=True)
+def _own_home(monkeypatch, tmp_path):
+    """A home per test: pull remembers creator keys per repo there, and every test here
+    publishes the same repo name (CI shares one EDGETUNE_HOME across the whole run)."""
+    monkeypatch.setenv("EDGETUNE_HOME", str(tmp_path / "edgetune-home"))
+
+
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
     return generate_keypair(tmp_path_factory.mktemp("keys"), "creator")
