@@ -197,6 +197,11 @@ def publish(bundle: Path, repo: str, *, access: str = "private", token: str | No
     token = hub.resolve_token(token)
     client = hub.api(token)
     gated = access == "gated"
+    if token:  # a refused token is said plainly, before the bundle is touched
+        with hub.errors(repo):
+            hub.whoami(client, note)
+    elif not dry_run:
+        raise hub.HubError("no Hugging Face token found", hint=hub.LOGIN_HINT)
 
     manifest = _read_manifest(root)
     version, bundle_id = manifest["version"], manifest["bundle_id"]
@@ -215,10 +220,6 @@ def publish(bundle: Path, repo: str, *, access: str = "private", token: str | No
     digests = verified_digests(root, public_key)
 
     with hub.errors(repo, writing=not dry_run):
-        if token:
-            hub.whoami(client, note)  # a refused token is said once, plainly, before all else
-        elif not dry_run:
-            raise hub.HubError("no Hugging Face token found", hint=hub.LOGIN_HINT)
         info, head = _repo_state(client, repo, note) if token else (None, None)
         remote = _remote_files(client, repo, head, note) if head else {}
         result.files = _changes(root, digests, remote)

@@ -204,13 +204,17 @@ def test_transient_errors_are_retried(hub, alice, keys, tmp_path):
 def test_refusals_name_the_fix_and_never_print_the_token(hub, keys, tmp_path, monkeypatch):
     bundle = _bundle(tmp_path, keys)
     monkeypatch.delenv("HF_TOKEN", raising=False)
+    before = _files(bundle)
     no_token = _publish(bundle, keys)
     assert no_token.exit_code == 1 and "no Hugging Face token found" in no_token.output
+    assert _files(bundle) == before
     assert "HF_TOKEN" in no_token.output
     bad = "hf_" + "x" * 30
+    before = _files(bundle)
     refused = _publish(bundle, keys, "--token", bad)
     assert refused.exit_code == 1 and "token was refused (HTTP 401)" in refused.output
     assert bad not in refused.output and "Traceback" not in refused.output
+    assert _files(bundle) == before  # refused before the bundle was stamped
     bob = hub.add_user("bob")
     hub.add_user("alice")  # the repo's owner exists; bob is not them
     other = _publish(bundle, keys, "--token", bob)  # bob may not create repos under alice/
