@@ -136,7 +136,7 @@ def _requests_table(requests, title: str, status=None):
     """A table of access requests; ``status(request)`` overrides the status column."""
     from rich.table import Table
 
-    from edgetune.followers import payment_email
+    from edgetune.payments import payment_email
 
     table = Table(title=title, title_justify="left",
                   caption="payment email: what the follower typed in the access form",
@@ -328,12 +328,13 @@ def sync_cmd(repo, token, as_json, paid, dry_run, reject_unpaid, reason, recheck
           --licences-for edgetune-out/bundle --licences-dir licences
     """
     from edgetune import followers as fl
+    from edgetune.payments import read_payments
 
     if licences_for is None and (licences_dir is not None or private_key is not None):
         raise click.UsageError("--licences-dir and --key go with --licences-for BUNDLE")
     with _json_errors(as_json):
         fl.hub.check_repo_id(repo)
-        payments = fl.read_payments(paid)  # a bad CSV stops before any Hub call
+        payments = read_payments(paid)  # a bad CSV stops before any Hub call
         key = secret = None
         if licences_for is not None:  # and so does a bad key, passphrase or bundle
             from edgetune.cli_bundle import _default_private_key

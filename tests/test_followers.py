@@ -17,6 +17,7 @@ from edgetune.bundle import GATED_EMAIL_FIELD, BundleModel, build_bundle
 from edgetune.cli_followers import followers
 from edgetune.errors import DataError
 from edgetune.licences import verify_licence
+from edgetune.payments import read_payments
 from edgetune.signing import generate_keypair
 from tests.test_bundle import _gguf, _info
 
@@ -139,7 +140,7 @@ def test_sync_function_conflicts_and_rejected_payers(creator, tmp_path):
     _ask(c, "mallory", payment="SHARED@example.com")  # typed someone else's payment email
     _ask(c, "erin")
     c.api.reject_access_request(c.repo, "erin", rejection_reason="no payment yet")
-    payments = fl.read_payments(_csv(tmp_path, "email,hf_username\nshared@example.com,\n,erin\n"))
+    payments = read_payments(_csv(tmp_path, "email,hf_username\nshared@example.com,\n,erin\n"))
 
     result = fl.sync(c.api, c.repo, payments)
     assert result.ok and result.accepted == [] and result.unpaid == []
@@ -341,7 +342,7 @@ def test_hub_refusals_are_clear(creator):
 def test_bad_payments_csv_names_file_and_line(creator, tmp_path, text, where, what):
     path = _csv(tmp_path, text)
     with pytest.raises(DataError) as info:
-        fl.read_payments(path)
+        read_payments(path)
     assert where in info.value.message and what in info.value.message and info.value.hint
     result = _run(creator, "sync", creator.repo, "--paid", path)
     assert result.exit_code == 1 and where in result.stderr and "Traceback" not in result.output
@@ -350,12 +351,12 @@ def test_bad_payments_csv_names_file_and_line(creator, tmp_path, text, where, wh
 
 def test_payments_csv_tolerates_bom_blank_lines_and_semicolons(tmp_path):
     path = _csv(tmp_path, "Amount;HF Username;E-Mail\n\n9;@Ada;\n9;;Bob@Example.com \n", bom=True)
-    payments = fl.read_payments(path)
+    payments = read_payments(path)
     assert payments.usernames == {"ada"} and payments.emails == {"bob@example.com"}
     latin1 = tmp_path / "latin1.csv"
     latin1.write_bytes("email\nzoë@example.com\n".encode("latin-1"))
     with pytest.raises(DataError, match=r"latin1\.csv:2: not UTF-8"):
-        fl.read_payments(latin1)
+        read_payments(latin1)
 
 
 # --- scale ------------------------------------------------------------------------------------
