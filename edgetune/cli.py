@@ -13,11 +13,11 @@ from pathlib import Path
 import click
 
 from edgetune import __version__
-from edgetune.errors import ErrorGroup
+from edgetune.cli_base import ErrorGroup
 
 
 class _Cli(ErrorGroup, click.Group):
-    """The main group: EdgetuneError becomes ``Error:`` / ``Hint:`` lines (errors.ErrorGroup)."""
+    """The main group: EdgetuneError becomes ``Error:`` / ``Hint:`` lines (cli_base.ErrorGroup)."""
 
 
 @click.group(cls=_Cli)

@@ -14,7 +14,8 @@ from pathlib import Path
 import click
 
 from edgetune.cli_bundle import _passphrase_for
-from edgetune.errors import EdgetuneError, ErrorGroup
+from edgetune.cli_base import ErrorGroup
+from edgetune.errors import EdgetuneError
 
 _FEW = 5  # more accepts than this get a progress bar
 _SHOWN = 50  # rows of a long list printed before "... and N more"

@@ -58,24 +58,3 @@ class VerificationError(EdgetuneError):
 
 class KeyFileError(EdgetuneError):
     """A signing key is missing, unreadable or protected by a wrong passphrase."""
-
-
-class ErrorGroup:
-    """Mixed into click groups: EdgetuneError becomes ``Error:`` / ``Hint:`` lines and its exit
-    code, not a traceback (EDGETUNE_DEBUG=1 shows it). Used by the main CLI and by groups that
-    must behave the same when invoked on their own (``edgetune followers``)."""
-
-    def invoke(self, ctx):
-        import os
-
-        import click
-
-        try:
-            return super().invoke(ctx)
-        except EdgetuneError as exc:
-            if os.environ.get("EDGETUNE_DEBUG"):
-                raise
-            click.echo(f"Error: {exc.message}", err=True)
-            if exc.hint:
-                click.echo(f"Hint: {exc.hint}", err=True)
-            ctx.exit(exc.exit_code)
