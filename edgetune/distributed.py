@@ -44,7 +44,6 @@ from edgetune.errors import ConfigError, EdgetuneError
 
 LAUNCH_DIR = "launch"
 FINAL_DIR = "final"  # process 0 saves the adapter here; train() moves it into place
-STRATEGIES = ("ddp", "zero3")
 
 
 @dataclass(frozen=True)
