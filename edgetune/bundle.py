@@ -206,13 +206,6 @@ def _eval_summary(eval_results: dict) -> dict:
     return {**scalars(eval_results), "file": EVAL_FILE, **({"quants": quants} if quants else {})}
 
 
-def _human(n: Any) -> str:
-    if not isinstance(n, (int, float)):
-        return "-"
-    i = next((k for k in (3, 2, 1) if abs(n) >= 1024 ** k), 0)
-    return f"{n:.0f} B" if i == 0 else f"{n / 1024 ** i:.1f} {('', 'KiB', 'MiB', 'GiB')[i]}"
-
-
 def _cell(value: Any) -> str:
     text = "-" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
     return text.replace("|", "\\|").replace("\n", " ")
@@ -292,8 +285,8 @@ def _model_card(manifest: dict, eval_results: dict, *, report_page: bool = True)
     tr, artifacts = manifest["training"], manifest["artifacts"]
     name, creator = manifest["name"], manifest["creator"]
     main = _main_artifact(artifacts)
-    files = "\n".join(f"| `{a['path']}` | {_cell(a['quant'])} | {_human(a['size'])} | "
-                      f"{_human(a['ram_needed_bytes'])} |" for a in artifacts)
+    files = "\n".join(f"| `{a['path']}` | {_cell(a['quant'])} | {report.human_size(a['size'])} | "
+                      f"{report.human_size(a['ram_needed_bytes'])} |" for a in artifacts)
     evaluation = (f"{report.markdown_table(eval_results)}\n"
                   f"![{report.CHART_ALT}]({EVAL_CHART_FILE})\n\n"
                   f"Full results: `{EVAL_FILE}` (this table: `{EVAL_TABLE_FILE}`)."
@@ -496,7 +489,7 @@ def _refresh_report_sizes(root: Path, paths: Iterable[str]) -> None:
 
     The page is drawn from the training log, which the bundle does not keep, so it cannot be
     drawn again; only its rows of these files change, written as ``report.html_report`` writes
-    them (its private ``_esc`` and ``_size``, so that the row is the one it would draw).
+    them (its ``_esc`` and ``human_size``, so that the row is the one it would draw).
     """
     page_path = root / REPORT_FILE
     if not page_path.is_file():  # bundles from before report.html
@@ -506,7 +499,7 @@ def _refresh_report_sizes(root: Path, paths: Iterable[str]) -> None:
         size = (root / rel).stat().st_size
         row = re.compile('(<tr><td><code>' + re.escape(report._esc(rel)) +
                          '</code></td><td class="n">)[^<]*(</td><td class="n">)[^<]*(</td></tr>)')
-        page = row.sub(lambda m, n=size: f"{m[1]}{report._size(n)}{m[2]}{n:,}{m[3]}", page,
+        page = row.sub(lambda m, n=size: f"{m[1]}{report.human_size(n)}{m[2]}{n:,}{m[3]}", page,
                        count=1)
     if page != old:
         _write_atomic(page_path, page.encode("utf-8"))

@@ -9,18 +9,11 @@ from pathlib import Path
 import click
 
 from edgetune.cli_bundle import _PRIVATE_KEY, _default_private_key, _passphrase_for
+from edgetune.report import human_size
 
 _TOKEN = click.option("--token", default=None, metavar="TOKEN",
                       help="Hugging Face token. Default: HF_TOKEN, else the token file of "
                            "`hf auth login`. Never printed.")
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1024
-    return ""
 
 
 @click.command()
@@ -73,14 +66,14 @@ def publish(bundle, repo, access, dry_run, private_key, public_key, token, as_js
     if dry_run:
         click.echo(f"Dry run: {repo} ({access}), version {result.version}")
         for f in result.files:
-            click.echo(f"  {f.action:<9} {_human(f.size):>10}  {f.path}")
+            click.echo(f"  {f.action:<9} {human_size(f.size):>10}  {f.path}")
         for n in result.notes:
             click.echo(f"note: {n}")
         click.echo("\n--- README.md (model card) ---\n" + result.card)
         return
     up = result.uploaded
     console.print(f"[bold green]Published[/] {repo} {result.version}: {len(up)} file(s) uploaded "
-                  f"({_human(result.bytes_uploaded)}), "
+                  f"({human_size(result.bytes_uploaded)}), "
                   f"{sum(f.action == 'unchanged' for f in result.files)} unchanged"
                   + (f", {sum(f.action == 'delete' for f in result.files)} deleted"
                      if any(f.action == 'delete' for f in result.files) else ""), highlight=False)
@@ -132,7 +125,7 @@ def pull(target, key, licence, revocations, revision, out, overwrite, token, as_
                                "key_id": result.key_id, "licence": result.licence_follower}))
         return
     console.print(f"[bold green]Verified[/] {result.bundle_id} {result.version} from {result.repo} "
-                  f"({', '.join(result.quants)}): {result.files} files, {_human(result.bytes)}, "
+                  f"({', '.join(result.quants)}): {result.files} files, {human_size(result.bytes)}, "
                   f"signed by key {result.key_id[:16]}… -> {result.path}", highlight=False)
     if result.licence_follower:
         console.print(f"Licence OK: {result.licence_follower}"

@@ -82,7 +82,7 @@ def _row(quant: str, m: dict) -> list[str]:
     verdict = ("reference" if ref else "-" if not isinstance(passed, bool)
                else "pass" if passed else "**FAIL**")
     drop = m.get("task_accuracy_drop")
-    return [quant, _size(m.get("size_bytes")), _size(m.get("ram_needed_bytes")),
+    return [quant, human_size(m.get("size_bytes")), human_size(m.get("ram_needed_bytes")),
             _fmt(m.get("ppl"), ".2f"), _fmt(m.get("ppl_ratio"), ".4f"), kld,
             "-" if ref else _fmt(m.get("kld_p99"), ".6f"), _fmt(m.get("top1"), ".1%"),
             "-" if ref else _fmt(m.get("delta_p_mean"), "+.3%"),
@@ -357,7 +357,7 @@ def html_report(manifest: dict, eval_report: dict, log_rows: Sequence[dict] = ()
     out.append("<h2>Files in the bundle</h2>")
     if files:
         out.append("<table>\n<tr><th>File</th><th>Size</th><th>Bytes</th></tr>")
-        out += [f'<tr><td><code>{e(path)}</code></td><td class="n">{_size(size)}</td>'
+        out += [f'<tr><td><code>{e(path)}</code></td><td class="n">{human_size(size)}</td>'
                 f'<td class="n">{"-" if size is None else f"{size:,}"}</td></tr>'
                 for path, size in files]
         out.append("</table>")
@@ -528,7 +528,8 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value, spec) if _is_num(value) else "-"
 
 
-def _size(n: Any) -> str:
+def human_size(n: Any) -> str:
+    """``884.7 KiB``: sizes in the card, the report page and the CLI; ``-`` for no number."""
     if not _is_num(n):
         return "-"
     i = next((k for k in (3, 2, 1) if abs(n) >= 1024 ** k), 0)
