@@ -145,6 +145,24 @@ def _from_json(value: Any, annotation: Any) -> Any:
     return Path(value) if annotation in (Path, "Path") else value
 
 
+def write_bytes_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data``, flushed to disk: readers see the old file or the new one.
+    The scratch file (``.<name>.*.tmp`` beside it) is removed on any error."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON so that readers see either the old file or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)

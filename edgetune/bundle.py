@@ -8,14 +8,12 @@ verification.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -23,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetune import personas, report, signing
-from edgetune.artifacts import Bundle, atomic_dir, write_json_atomic
+from edgetune.artifacts import Bundle, atomic_dir, write_bytes_atomic, write_json_atomic
 from edgetune.errors import ConfigError, EdgetuneError, ModelError, VerificationError
 
 MANIFEST_FILE = "edgetune.json"
@@ -468,22 +466,6 @@ def resign_bundle(bundle: Path, private_key: Path, passphrase: str | None = None
                   key_id=manifest["creator"]["key_id"])
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` (mode 0644): readers see the old file or the new one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o644)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _refresh_report_sizes(root: Path, paths: Iterable[str]) -> None:
     """Set the sizes that ``report.html`` lists for ``paths`` to those of the files now.
 
@@ -502,7 +484,7 @@ def _refresh_report_sizes(root: Path, paths: Iterable[str]) -> None:
         page = row.sub(lambda m, n=size: f"{m[1]}{report.human_size(n)}{m[2]}{n:,}{m[3]}", page,
                        count=1)
     if page != old:
-        _write_atomic(page_path, page.encode("utf-8"))
+        write_bytes_atomic(page_path, page.encode("utf-8"))
 
 
 def _signed_as_is(root: Path) -> bool:
@@ -578,20 +560,19 @@ def stamp_distribution(bundle: Path, *, hf_repo: str, gated: bool, private_key: 
     pal = (stamped["persona"].get("files") or {}).get("pocketpal")
     pal = pal if pal and not _escapes(root, pal) and (root / pal).is_file() else None
     # Scratch files that a crash in the middle of one of these writes left behind
-    for rel in (README_FILE, MANIFEST_FILE, REPORT_FILE, *([pal] if pal else [])):
+    for rel in (README_FILE, MANIFEST_FILE, REPORT_FILE, signing.SIGNATURE_FILE,
+                *([pal] if pal else [])):
         for leftover in (root / rel).parent.glob(f".{Path(rel).name}.*.tmp"):
             leftover.unlink(missing_ok=True)
-    for leftover in root.glob(f".{signing.SIGNATURE_FILE}.*.partial"):
-        leftover.unlink(missing_ok=True)
     card = _model_card(stamped, _readable(eval_results),
                        report_page=(root / REPORT_FILE).is_file())
     written = [README_FILE, MANIFEST_FILE]
     if pal:
-        _write_atomic(root / pal, personas.restamp_pocketpal(
+        write_bytes_atomic(root / pal, personas.restamp_pocketpal(
             (root / pal).read_bytes(), hf_repo=hf_repo,
             model_file=_main_artifact(stamped["artifacts"])["path"]))
         written.append(pal)
-    _write_atomic(root / README_FILE, card.encode("utf-8"))
+    write_bytes_atomic(root / README_FILE, card.encode("utf-8"))
     write_json_atomic(root / MANIFEST_FILE, stamped)
     os.chmod(root / MANIFEST_FILE, 0o644)
     _refresh_report_sizes(root, written)

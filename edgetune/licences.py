@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetune import signing
+from edgetune.artifacts import write_bytes_atomic
 from edgetune.errors import ConfigError, DataError, OutputExistsError, VerificationError
 
 LICENCE_TYPE = "application/vnd.edgetune.licence+json"
@@ -602,17 +603,5 @@ def revoke(private_key: Path, passphrase: str | None, revocations_path: Path, *,
                "revoked": [{"licence_id": e.licence_id, "bundle_id": e.bundle_id,
                             "revoked": e.revoked} for e in result.entries]}
     envelope = _seal(REVOCATIONS_TYPE, payload, key, key_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(envelope, fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_bytes_atomic(path, (json.dumps(envelope, indent=2) + "\n").encode("utf-8"))
     return result

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgetune.artifacts import write_bytes_atomic
 from edgetune.errors import KeyFileError, VerificationError
 
 SIGNATURE_FILE = "model.sig"
@@ -201,17 +202,7 @@ def sign_bundle(bundle: Path, private_key: Path, passphrase: str | None = None) 
     with tempfile.TemporaryDirectory(prefix="edgetune-sign-") as tmp:
         staged = Path(tmp) / SIGNATURE_FILE  # outside the bundle: never hashed
         config.sign(bundle, staged)
-        fd, partial = tempfile.mkstemp(prefix=".model.sig.", suffix=".partial", dir=bundle)
-        try:  # the partial file appears only after hashing is done
-            with os.fdopen(fd, "wb") as out:
-                out.write(staged.read_bytes())
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(partial, 0o644)
-            os.replace(partial, target)
-        finally:
-            if os.path.exists(partial):
-                os.unlink(partial)
+        write_bytes_atomic(target, staged.read_bytes())  # the scratch file appears after hashing
     return target
 
 
