@@ -153,16 +153,15 @@ def _key_id_from_private(private_key: Path, passphrase: str | None) -> str:
 
 
 def _check_source(model: BundleModel) -> None:
-    try:
-        with open(model.source, "rb") as fh:
-            magic = fh.read(4)
-    except OSError as e:
-        why = "not found" if isinstance(e, FileNotFoundError) else f"unreadable ({e.strerror})"
-        raise ModelError(f"{model.quant}: GGUF file {why}: {model.source}",
-                         "Run the quantise stage first, or fix the path.") from None
-    if magic != b"GGUF":
+    from edgetune.llamacpp import NOT_GGUF, gguf_problem
+
+    why = gguf_problem(model.source)
+    if why == NOT_GGUF:
         raise ModelError(f"{model.quant}: {model.source} is not a GGUF file",
                          "Pass the quantised .gguf files from the quantise stage.")
+    if why:
+        raise ModelError(f"{model.quant}: GGUF file {why.removeprefix('file ')}: {model.source}",
+                         "Run the quantise stage first, or fix the path.")
 
 
 def _copy_hashed(src: Path, dst: Path) -> tuple[str, int]:

@@ -320,15 +320,14 @@ def read_prompts(path: Path) -> list[str]:
 # --------------------------------------------------------------------------- helpers
 
 def _check_gguf(path: Path) -> None:
-    try:
-        with open(path, "rb") as fh:
-            magic = fh.read(4)
-    except OSError as e:
-        why = "not found" if isinstance(e, FileNotFoundError) else f"unreadable ({e.strerror})"
-        raise ModelError(f"model file {why}: {path}",
-                         "Pass a .gguf file or a bundle folder.") from None
-    if magic != b"GGUF":
+    from edgetune.llamacpp import NOT_GGUF, gguf_problem
+
+    why = gguf_problem(path)
+    if why == NOT_GGUF:
         raise ModelError(f"{path} is not a GGUF file", "Pass a .gguf file or a bundle folder.")
+    if why:
+        raise ModelError(f"model file {why.removeprefix('file ')}: {path}",
+                         "Pass a .gguf file or a bundle folder.")
 
 
 def _chat_formatter(llm, path: Path):

@@ -37,21 +37,13 @@ def read_gguf(path: Path) -> GgufFile:
     """Read a GGUF's header (no weights); ModelError for a missing or non-GGUF file."""
     import gguf
 
-    from edgetune.llamacpp import gguf_field
+    from edgetune.llamacpp import NOT_GGUF, gguf_field, gguf_problem
 
     path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            magic = fh.read(4)
-    except OSError as exc:
-        why = "file not found" if isinstance(exc, FileNotFoundError) else (
-            "is a folder, not a GGUF file" if path.is_dir() else f"unreadable ({exc.strerror})")
-        raise ModelError(f"{path}: {why}",
-                         hint="Check the path; it is relative to the current directory.") from None
-    if magic != b"GGUF":
-        raise ModelError(f"{path}: not a GGUF file",
-                         hint="Pass .gguf files made by llama.cpp (edgetune build writes them to "
-                              "gguf/ and quants/).")
+    if why := gguf_problem(path):
+        raise ModelError(f"{path}: {why}", hint=(
+            "Pass .gguf files made by llama.cpp (edgetune build writes them to gguf/ and quants/)."
+            if why == NOT_GGUF else "Check the path; it is relative to the current directory."))
     try:
         reader = gguf.GGUFReader(str(path))
         kind = gguf_field(reader, "general.type") or "model"

@@ -19,6 +19,23 @@ LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 _SETUP_HINT = "run `make setup` (it builds llama-cpp-python with its tools and installs the converter)"
 
 
+NOT_GGUF = "not a GGUF file"
+
+
+def gguf_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a GGUF (from its first 4 bytes), or None when it starts like one:
+    "file not found", "is a folder, not a GGUF file", "unreadable (<reason>)" or NOT_GGUF."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError):
+            return "file not found"
+        return "is a folder, not a GGUF file" if path.is_dir() else f"unreadable ({exc.strerror})"
+    return None if magic == b"GGUF" else NOT_GGUF
+
+
 def converter_dir() -> Path:
     """The directory holding ``convert_hf_to_gguf.py``, checked against the runtime version."""
     root = Path(os.environ.get("EDGETUNE_LLAMA_CPP_DIR")
