@@ -148,12 +148,12 @@ def train(base_model: str, data: Sequence[Any], config: TrainConfig, out: Path, 
     base = hf.resolve_model(base_model)
     hf.architecture(base)
     hf.refuse_prequantized(base)
+    from edgetune import distributed
+
     plan = None
     if config.gpus > 1:
-        from edgetune import distributed
-
         plan = distributed.plan_for(config, base, on_note=note)  # refuses what cannot work
-    elif (gpus := _visible_gpus()) > 1:
+    elif (gpus := distributed.visible_gpus()) > 1:
         note(f"this machine has {gpus} GPUs; training on the first (--gpus {gpus} uses them all)")
     backend = select_backend("trl" if plan else config.backend, base, config)
 
@@ -170,8 +170,6 @@ def train(base_model: str, data: Sequence[Any], config: TrainConfig, out: Path, 
             fh.write(json.dumps(entry) + "\n")
 
     if plan is not None:
-        from edgetune import distributed
-
         effective = distributed.run(plan, work=work, base=base, data=data, config=config,
                                     init_adapter=init_adapter, resume_from=resume_from,
                                     overrides=trainer_overrides or {}, on_step=on_step, note=note)
@@ -189,12 +187,6 @@ def train(base_model: str, data: Sequence[Any], config: TrainConfig, out: Path, 
         artifact.save()
     shutil.rmtree(work, ignore_errors=True)
     return dataclasses.replace(artifact, path=out)
-
-
-def _visible_gpus() -> int:
-    from edgetune.distributed import visible_gpus
-
-    return visible_gpus()
 
 
 def grpo_prompt(row, system_prompt: str) -> list[dict]:
