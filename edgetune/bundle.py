@@ -425,7 +425,7 @@ def build_bundle(out: Path, info: BundleInfo, models: Sequence[BundleModel], *,
     return Bundle(path=out, bundle_id=info.bundle_id, version=info.version, key_id=key_id)
 
 
-def _read_manifest(root: Path) -> dict:
+def read_manifest(root: Path) -> dict:
     """The bundle's manifest, valid against the schema (ConfigError otherwise)."""
     path = root / MANIFEST_FILE
     try:
@@ -447,7 +447,7 @@ def resign_bundle(bundle: Path, private_key: Path, passphrase: str | None = None
     """
     root = Path(bundle).resolve()
     path = root / MANIFEST_FILE
-    manifest = _read_manifest(root)
+    manifest = read_manifest(root)
     for art in manifest["artifacts"]:
         if _escapes(root, art["path"]) or not (root / art["path"]).is_file():
             raise ConfigError(f"{art['path']}: listed in the manifest but not in the bundle",
@@ -502,7 +502,7 @@ def card_for_repo(bundle: Path, *, hf_repo: str, gated: bool) -> str:
     """The README.md that :func:`stamp_distribution` would write, without writing anything
     (``edgetune publish --dry-run``)."""
     root = Path(bundle).resolve()
-    manifest = _read_manifest(root)
+    manifest = read_manifest(root)
     dist = manifest.get("distribution") or {}
     if dist.get("hf_repo") == hf_repo and dist.get("gated", False) == gated:
         return (root / README_FILE).read_text(encoding="utf-8")
@@ -537,7 +537,7 @@ def stamp_distribution(bundle: Path, *, hf_repo: str, gated: bool, private_key: 
                           "Name the Hugging Face repository as USER/NAME.")
     if not isinstance(gated, bool):
         raise ConfigError(f"gated must be true or false, not {gated!r}", "Pass a boolean.")
-    manifest = _read_manifest(root)
+    manifest = read_manifest(root)
     dist = manifest.get("distribution") or {}
     if dist.get("hf_repo") == hf_repo and dist.get("gated", False) == gated \
             and _signed_as_is(root):

@@ -14,6 +14,7 @@ import click
 
 from edgetune import __version__
 from edgetune.cli_base import ErrorGroup
+from edgetune.stages import STAGES
 
 
 class _Cli(ErrorGroup, click.Group):
@@ -112,7 +113,6 @@ def init(directory, name, force) -> None:
 
 
 # Where each `build` option lands in the project file ("section.key"); see edgetune.project.
-STAGE_NAMES = ("sft", "train", "merge", "convert", "quantise", "evaluate", "bundle")  # stages.STAGES
 _BUILD_SETTINGS = {"targets": "targets", "data": "data.path",
                    "question_field": "data.question_field", "answer_field": "data.answer_field",
                    "base_model": "project.base_model", "name": "project.name",
@@ -162,9 +162,9 @@ def _build_overrides(ctx: click.Context) -> dict:
 @_training_options
 @click.option("--out", type=click.Path(path_type=Path), default=Path("edgetune-out"),
               show_default=True, help="Output directory (one folder per stage).")
-@click.option("--from", "from_stage", type=click.Choice(STAGE_NAMES), default=None,
+@click.option("--from", "from_stage", type=click.Choice(STAGES), default=None,
               help="Redo this stage and every later one, even if up to date.")
-@click.option("--to", "to_stage", type=click.Choice(STAGE_NAMES), default=None,
+@click.option("--to", "to_stage", type=click.Choice(STAGES), default=None,
               help="Stop after this stage.")
 @click.option("--key", type=click.Path(path_type=Path), default=None,
               help="Private signing key. Default: ~/.edgetune/keys/edgetune.key, created if missing.")

@@ -45,11 +45,11 @@ def publish(bundle, repo, access, dry_run, private_key, public_key, token, as_js
       edgetune publish edgetune-out/bundle --repo coach-ada/marathon-coach --gated
       edgetune publish edgetune-out/bundle --repo coach-ada/marathon-coach --dry-run
     """
-    from edgetune.bundle import _read_manifest
+    from edgetune.bundle import read_manifest
     from edgetune.console import console
     from edgetune.publish import publish as run_publish
 
-    manifest = _read_manifest(Path(bundle).resolve())
+    manifest = read_manifest(Path(bundle).resolve())
     dist = manifest.get("distribution") or {}
     repo = repo or dist.get("hf_repo")
     if not repo:

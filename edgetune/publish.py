@@ -180,7 +180,7 @@ def publish(bundle: Path, repo: str, *, access: str = "private", token: str | No
             private_key: Path, passphrase: str | None = None, public_key: Path | None = None,
             dry_run: bool = False, on_note: Callable[[str], None] | None = None) -> PublishResult:
     """Publish ``bundle`` as the Hub repo ``repo`` (``access``: private, gated or public)."""
-    from edgetune.bundle import _read_manifest, card_for_repo, stamp_distribution
+    from edgetune.bundle import read_manifest, card_for_repo, stamp_distribution
 
     note = on_note or (lambda _msg: None)
     hub.check_repo_id(repo)
@@ -203,7 +203,7 @@ def publish(bundle: Path, repo: str, *, access: str = "private", token: str | No
     elif not dry_run:
         raise hub.HubError("no Hugging Face token found", hint=hub.LOGIN_HINT)
 
-    manifest = _read_manifest(root)
+    manifest = read_manifest(root)
     version, bundle_id = manifest["version"], manifest["bundle_id"]
     result = PublishResult(repo=repo, version=version, bundle_id=bundle_id, url=hub.repo_url(repo),
                            files=[], commit=None, dry_run=dry_run)
