@@ -224,6 +224,8 @@ def run(plan: LaunchPlan, *, work: Path, base: Path, data: Sequence[Any], config
         init_adapter: Path | None, resume_from: Path | None, overrides: dict,
         on_step: Callable[[Any], None] | None, note: Callable[[str], None]) -> dict:
     """Launch the processes, follow them, and return the effective settings process 0 used."""
+    import yaml
+
     from edgetune.train import LOG_FILE, StepLog, TrainingInterrupted
 
     config_file, spec_file = write_launch_files(
@@ -245,6 +247,46 @@ def run(plan: LaunchPlan, *, work: Path, base: Path, data: Sequence[Any], config
                 elif entry.get("event") == "warning":
                     note(f"warning (step {entry.get('step')}): {entry.get('message')}")
 
+    for attempt in range(1, _PORT_ATTEMPTS + 1):
+        proc, interrupts = _launch(config_file, spec_file, output, follow, note)
+        if proc.returncode == 0 or interrupts or attempt == _PORT_ATTEMPTS \
+                or not _port_taken(output):
+            break
+        # free_port() chose a port that something else took before the processes bound it.
+        note("the port for the training processes was taken meanwhile; launching again")
+        cfg = yaml.safe_load(config_file.read_text())
+        config_file.write_text(yaml.safe_dump({**cfg, "main_process_port": free_port()},
+                                              sort_keys=False))
+    error = folder / "error.json"
+    if error.is_file():  # process 0 stopped on an edgetune error: re-raise it as it was
+        err = json.loads(error.read_text())
+        if err.get("interrupted"):
+            raise TrainingInterrupted(err["message"], hint=err.get("hint"))
+        raise EdgetuneError(err["message"], hint=err.get("hint"), exit_code=err.get("exit_code", 1))
+    if proc.returncode != 0 or not (work / FINAL_DIR / "effective.json").is_file():
+        if interrupts:
+            raise TrainingInterrupted("training stopped", hint="run the same command with --resume "
+                                      "to continue from the last checkpoint")
+        tail = output.read_text(errors="replace").splitlines()[-15:]
+        raise EdgetuneError(
+            f"multi-GPU training failed (accelerate exited with {proc.returncode}):\n  "
+            + "\n  ".join(tail),
+            hint=f"the whole output is in {output}; --gpus 1 runs the same training on one GPU")
+    return json.loads((work / FINAL_DIR / "effective.json").read_text())
+
+
+_PORT_ATTEMPTS = 3
+
+
+def _port_taken(output: Path) -> bool:
+    text = output.read_text(errors="replace").lower()
+    return "address already in use" in text or "eaddrinuse" in text
+
+
+def _launch(config_file: Path, spec_file: Path, output: Path, follow: Callable[[], None],
+            note: Callable[[str], None]) -> tuple[subprocess.Popen, int]:
+    """Run the launcher until it exits, following the log; returns it and the Ctrl-C count."""
+    folder = spec_file.parent
     with output.open("wb") as out:
         # Its own session: the terminal's Ctrl-C reaches only us, and we pass it on to the
         # training processes themselves (accelerate's launcher would kill them without a save).
@@ -275,22 +317,7 @@ def run(plan: LaunchPlan, *, work: Path, base: Path, data: Sequence[Any], config
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
-    error = folder / "error.json"
-    if error.is_file():  # process 0 stopped on an edgetune error: re-raise it as it was
-        err = json.loads(error.read_text())
-        if err.get("interrupted"):
-            raise TrainingInterrupted(err["message"], hint=err.get("hint"))
-        raise EdgetuneError(err["message"], hint=err.get("hint"), exit_code=err.get("exit_code", 1))
-    if proc.returncode != 0 or not (work / FINAL_DIR / "effective.json").is_file():
-        if interrupts:
-            raise TrainingInterrupted("training stopped", hint="run the same command with --resume "
-                                      "to continue from the last checkpoint")
-        tail = output.read_text(errors="replace").splitlines()[-15:]
-        raise EdgetuneError(
-            f"multi-GPU training failed (accelerate exited with {proc.returncode}):\n  "
-            + "\n  ".join(tail),
-            hint=f"the whole output is in {output}; --gpus 1 runs the same training on one GPU")
-    return json.loads((work / FINAL_DIR / "effective.json").read_text())
+    return proc, interrupts
 
 
 def _main_thread() -> bool:

@@ -204,3 +204,24 @@ def test_ctrl_c_stops_every_process_at_one_step_and_resume_on_one_gpu(
                     out, resume=True)
     assert _steps(_log(resumed.path / LOG_FILE)) == list(range(1, stopped_at + 3))
     assert resumed.effective_config.get("gpus") is None  # one process: the plain layout
+
+
+@pytest.mark.slow
+def test_a_port_taken_before_the_processes_bind_it_means_a_new_launch(
+        two_processes_on_cpu, tiny_model_factory, tmp_path, monkeypatch):
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    ports = [taken.getsockname()[1]]  # the first launch gets a port someone else holds
+    real_free_port = distributed.free_port
+    monkeypatch.setattr(distributed, "free_port", lambda: ports.pop() if ports else real_free_port())
+    notes = []
+    try:
+        adapter = train(str(tiny_model_factory("llama")), ROWS, dataclasses.replace(GRPO, steps=1),
+                        tmp_path / "a", on_note=notes.append)
+    finally:
+        taken.close()
+    assert any("port for the training processes was taken" in n for n in notes)
+    assert _steps(_log(adapter.path / LOG_FILE)) == [1]
