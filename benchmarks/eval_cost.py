@@ -50,9 +50,9 @@ def prepare(model: str, work: Path) -> dict:
     from edgetune.convert import run_converter
     from edgetune.data import load_qa, split_qa
     from edgetune.demo import DEMO_DATA, SYSTEM_PROMPT
-    from edgetune.demo.model import demo_base_model, formatted_answer
+    from edgetune.conversations import conversation, formatted_answer
+    from edgetune.demo.model import demo_base_model
     from edgetune.hf import load_tokenizer
-    from edgetune.pipeline import held_out_messages
     from edgetune.quantise import count_fallbacks, quantise_file
     from edgetune.tinymodel import WIDE_SPEC, build_tiny_model
 
@@ -69,9 +69,9 @@ def prepare(model: str, work: Path) -> dict:
             texts = [f"{SYSTEM_PROMPT}\n{r.question}\n{formatted_answer(r)}" for r in splits.train]
             build_tiny_model(hf, texts, WIDE_SPEC)
         tokenizer = load_tokenizer(hf)
-        # The held-out rows as the pipeline evaluates them (pipeline._chat_text).
+        # The held-out rows as the pipeline evaluates them (conversations.conversation_text).
         text_file.write_text("\n\n".join(
-            tokenizer.apply_chat_template(held_out_messages(SYSTEM_PROMPT, r), tokenize=False)
+            tokenizer.apply_chat_template(conversation(SYSTEM_PROMPT, r), tokenize=False)
             for r in splits.eval))
         run_converter(hf, files["F16"])
         for quant in QUANTS:

@@ -1,6 +1,6 @@
 """GRPO training speed and memory on one GPU: Unsloth 4-bit / 16-bit vs plain TRL + PEFT.
 
-Runs edgetune's own training code (``edgetune.train.train``) on random-weight models with the
+Runs edgetune's own training code (``edgetune.training.trainer.train``) on random-weight models with the
 exact shapes of Qwen2.5-1.5B and Qwen2.5-3B (random weights are fine for speed and memory; they
 never emit EOS, so every completion runs to the length cap: the worst case). Every variant uses
 the same batch settings: 8 generations x 256 new tokens per prompt, 1 prompt per micro-batch,
@@ -48,7 +48,7 @@ SHAPES = {
 # name -> (backend, base_bits, trainer overrides, environment, TrainConfig overrides).
 # UNSLOTH_DECODE_CUDA_GRAPHS: "" is Unsloth's own default (graphs only inside its RL generation
 # scope), "1" forces the graphed decode step, "0" forces the eager one. compile_generation: the
-# TRL backend's static KV cache + CUDA-graphed decode (edgetune.train._compile_generation); the
+# TRL backend's static KV cache + CUDA-graphed decode (edgetune.training.runner.compile_generation); the
 # TRL baseline runs with it off, i.e. with TRL's own defaults.
 EAGER = {"compile_generation": False}
 VARIANTS = {
@@ -126,8 +126,9 @@ def worker(args) -> dict:
 
     if torch.cuda.is_available():
         GenerationMixin.generate = timed_generate
-    from edgetune.train import TrainConfig, train
-    from edgetune.vram import ModelShape, estimate_vram
+    from edgetune.training.config import TrainConfig
+    from edgetune.training.trainer import train
+    from edgetune.training.vram import ModelShape, estimate_vram
 
     cuda = torch.cuda.is_available()  # False only in a CPU smoke test (--models tiny)
     if cuda:

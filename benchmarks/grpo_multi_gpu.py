@@ -8,7 +8,7 @@ much longer a step takes.
 
     python benchmarks/grpo_multi_gpu.py --models 1.5B,3B --gpus 1,2
 
-Each run is a fresh ``edgetune.train.train(config.gpus=N)`` in its own process; every training
+Each run is a fresh ``edgetune.training.trainer.train(config.gpus=N)`` in its own process; every training
 process writes its step end times and peak allocated memory (``EDGETUNE_TRAIN_STATS``).
 Completions per second = completions per optimizer step / median step time after warm-up
 (the first steps capture CUDA graphs). Results: benchmarks/results/grpo_multi_gpu.json.
@@ -37,7 +37,9 @@ from grpo_gpu import GA, GENERATIONS, LORA_R, NEW_TOKENS, build_model  # noqa: E
 def worker(args) -> dict:
     """One model on ``args.gpus`` GPUs, from this process (which launches the others)."""
     from edgetune.data import QARow
-    from edgetune.train import STATS_ENV, TrainConfig, train
+    from edgetune.training.config import TrainConfig
+    from edgetune.training.runner import STATS_ENV
+    from edgetune.training.trainer import train
 
     rows = [QARow(question=f"What is {i} plus {i + 7}?", answer=str(2 * i + 7), reasoning="",
                   source=f"bench:{i}") for i in range(256)]

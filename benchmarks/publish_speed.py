@@ -45,7 +45,7 @@ def _gguf(path: Path, size: int) -> None:
 
 def _bundle(work: Path, total: int) -> tuple[Path, Path]:
     from edgetune.bundle import BundleInfo, BundleModel, build_bundle
-    from edgetune.signing import generate_keypair
+    from edgetune.keys import generate_keypair
 
     keys = generate_keypair(work / "keys", "creator")
     models = []

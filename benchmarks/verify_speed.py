@@ -268,7 +268,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the bundles")
     args = parser.parse_args()
 
-    from edgetune.signing import generate_keypair
+    from edgetune.keys import generate_keypair
 
     big = int(args.gib * 2**30) // MIB * MIB
     work = Path(tempfile.mkdtemp(prefix="edgetune-verify-speed-", dir=args.work))

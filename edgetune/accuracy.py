@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgetune import llamacpp
+from edgetune.conversations import prompt_messages
 from edgetune.data import QARow
-from edgetune.rewards import ANSWER_FORMATS, correctness_reward, extract_answer
+from edgetune.training.rewards import ANSWER_FORMATS, correctness_reward, extract_answer
 
 
 @dataclass(frozen=True)
@@ -35,18 +36,13 @@ class Accuracy:
                 "task_mean_tokens": self.mean_tokens}
 
 
-def chat_messages(row: QARow, system_prompt: str) -> list[dict]:
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return messages + [{"role": "user", "content": row.question}]
-
-
 def task_accuracy(gguf: Path, rows: Sequence[QARow], *, system_prompt: str = "",
                   answer_format: str = "reasoning", max_tokens: int = 256, n_ctx: int = 2048,
                   on_progress: Callable[[int, int], None] | None = None) -> Accuracy:
     """Greedy answers from ``gguf`` to ``rows``, scored by the training correctness reward."""
     fmt = ANSWER_FORMATS[answer_format]
     correctness = correctness_reward(fmt)
-    trained = _trained_context(gguf)
+    trained = trained_context(gguf)
     llm = llamacpp.open_gguf(gguf, n_ctx=min(n_ctx, trained) if trained else n_ctx)
     correct = truncated = tokens = 0
     wrong: list[str] = []
@@ -57,7 +53,7 @@ def task_accuracy(gguf: Path, rows: Sequence[QARow], *, system_prompt: str = "",
                 on_progress(i, len(rows))
             llm.reset()
             reply = llm.create_chat_completion(
-                chat_messages(row, system_prompt), temperature=0.0, top_k=1, max_tokens=max_tokens,
+                prompt_messages(system_prompt, row), temperature=0.0, top_k=1, max_tokens=max_tokens,
                 seed=0)
             choice = reply["choices"][0]
             text = choice["message"]["content"] or ""
@@ -75,7 +71,7 @@ def task_accuracy(gguf: Path, rows: Sequence[QARow], *, system_prompt: str = "",
                     answers=tuple(answers))
 
 
-def _trained_context(gguf: Path) -> int | None:
+def trained_context(gguf: Path) -> int | None:
     """``<arch>.context_length`` from the GGUF header: never answer past what the model saw."""
     import gguf as gguf_py
 

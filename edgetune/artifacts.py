@@ -145,37 +145,43 @@ def _from_json(value: Any, annotation: Any) -> Any:
     return Path(value) if annotation in (Path, "Path") else value
 
 
-def write_bytes_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data``, flushed to disk: readers see the old file or the new one.
-    The scratch file (``.<name>.*.tmp`` beside it) is removed on any error."""
+@contextlib.contextmanager
+def atomic_file(path: Path, *, mode: int = 0o644, sync: bool = True) -> Iterator[Path]:
+    """Yield a scratch path beside ``path`` that replaces ``path`` only if the block succeeds:
+    readers see the old file or the new one, never half. The scratch file
+    (``.<name>.*.tmp``) is removed on any error, KeyboardInterrupt included. ``sync`` flushes
+    it to disk before the rename (a crash then cannot leave an empty file under the new name)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), mode)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield Path(tmp)
+        os.chmod(tmp, mode)
+        if sync:
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def write_bytes_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data``, flushed to disk (``atomic_file``)."""
+    with atomic_file(path, mode=mode) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(path: Path, text: str, *, mode: int = 0o644) -> None:
+    """Replace ``path`` with UTF-8 ``text``, flushed to disk (``atomic_file``)."""
+    write_bytes_atomic(path, text.encode("utf-8"), mode=mode)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so that readers see either the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Write JSON (indented, sorted keys) so that readers see the old file or the new one."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from edgetune import personas, report, signing
+from edgetune import keys, personas, report, resources, signing
 from edgetune.artifacts import Bundle, atomic_dir, write_bytes_atomic, write_json_atomic
 from edgetune.errors import ConfigError, EdgetuneError, ModelError, VerificationError
 
@@ -32,9 +32,7 @@ REWARD_CHART_FILE = report.REWARD_CHART_FILE
 REPORT_FILE = report.HTML_FILE
 README_FILE = "README.md"
 SCHEMA_VERSION = "1.0"
-_INSTALLED_SCHEMA = Path(__file__).parent / "schema" / "edgetune.schema.json"
-_REPO_SCHEMA = Path(__file__).parents[1] / "mobile_bundle" / "edgetune.schema.json"
-SCHEMA_PATH: Path = _INSTALLED_SCHEMA if _INSTALLED_SCHEMA.is_file() else _REPO_SCHEMA
+SCHEMA_PATH: Path = resources.bundle_schema()
 _REDOWNLOAD = "Re-download the bundle or ask the creator for a corrected release."
 # The one field of a gated repo's access form (README front matter ``extra_gated_fields``); the
 # code that syncs paying followers with access requests matches requests by this name.
@@ -46,12 +44,10 @@ _HUB_ID_BAD = re.compile(r"--|\.\.|(^|/)[.-]|[.-](/|$)")
 
 
 def schema_path() -> Path:
-    """The manifest's JSON Schema: the installed copy, else the repository's."""
-    for candidate in (_INSTALLED_SCHEMA, _REPO_SCHEMA):
-        if candidate.is_file():
-            return candidate
-    raise EdgetuneError(f"the bundle schema is missing (looked in {_INSTALLED_SCHEMA} "
-                        f"and {_REPO_SCHEMA})", "Reinstall edgetune.")
+    """The manifest's JSON Schema, shipped with edgetune (``mobile_bundle/edgetune.schema.json``)."""
+    if not SCHEMA_PATH.is_file():
+        raise EdgetuneError(f"the bundle schema is missing ({SCHEMA_PATH})", "Reinstall edgetune.")
+    return SCHEMA_PATH
 
 
 @dataclass(frozen=True)
@@ -131,7 +127,7 @@ def _validator(path: Path) -> Any:
     return V(json.loads(path.read_text(encoding="utf-8")), format_checker=V.FORMAT_CHECKER)
 
 
-def _schema_error(manifest: Any) -> str | None:
+def manifest_schema_error(manifest: Any) -> str | None:
     """``"<field path>: <reason>"`` for the most relevant schema violation, or None."""
     from jsonschema.exceptions import best_match
 
@@ -144,12 +140,8 @@ def _schema_error(manifest: Any) -> str | None:
 
 
 def _key_id_from_private(private_key: Path, passphrase: str | None) -> str:
-    from cryptography.hazmat.primitives import serialization as ser
-
-    signing._load_private_key(private_key, passphrase)  # KeyFileErrors that never echo secrets
-    key = ser.load_pem_private_key(private_key.read_bytes(), signing._passphrase_bytes(passphrase))
-    der = key.public_key().public_bytes(ser.Encoding.DER, ser.PublicFormat.SubjectPublicKeyInfo)
-    return hashlib.sha256(der).hexdigest()
+    # KeyFileErrors that never echo secrets
+    return keys.key_id(keys.load_private_key(private_key, passphrase).public_key())
 
 
 def _check_source(model: BundleModel) -> None:
@@ -382,7 +374,7 @@ def build_bundle(out: Path, info: BundleInfo, models: Sequence[BundleModel], *,
     created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     probe = _manifest(info, key_id, created, [_artifact(m, n, "0" * 64, 0)
                                               for m, n in zip(models, names)])
-    if err := _schema_error(probe):  # user input: fail before copying gigabytes
+    if err := manifest_schema_error(probe):  # user input: fail before copying gigabytes
         raise ConfigError(f"invalid bundle settings: {err}", "See mobile_bundle/SPEC.md.")
     main_file = next((n for m, n in zip(models, names) if m.quant == "Q4_K_M"), names[0])
     persona_files = _persona_files(info, main_file)  # user input too: checked before copying
@@ -406,7 +398,7 @@ def build_bundle(out: Path, info: BundleInfo, models: Sequence[BundleModel], *,
         report.write_reports(tmp, readable)
         report.reward_chart(info.training_log, tmp / REWARD_CHART_FILE)
         manifest = _manifest(info, key_id, created, artifacts, list(persona_files))
-        if err := _schema_error(manifest):
+        if err := manifest_schema_error(manifest):
             raise EdgetuneError(f"internal error: the manifest breaks its schema: {err}",
                                 "This is a bug in edgetune; please report it.")
         (tmp / README_FILE).write_text(_model_card(manifest, readable), encoding="utf-8")
@@ -433,7 +425,7 @@ def read_manifest(root: Path) -> dict:
     except (OSError, ValueError) as e:
         raise ConfigError(f"{path}: cannot read the manifest ({e})",
                           "Sign a bundle folder written by edgetune build.") from None
-    if err := _schema_error(manifest):
+    if err := manifest_schema_error(manifest):
         raise ConfigError(f"{path}: {err}", "Fix the manifest (see mobile_bundle/SPEC.md).")
     return manifest
 
@@ -449,7 +441,7 @@ def resign_bundle(bundle: Path, private_key: Path, passphrase: str | None = None
     path = root / MANIFEST_FILE
     manifest = read_manifest(root)
     for art in manifest["artifacts"]:
-        if _escapes(root, art["path"]) or not (root / art["path"]).is_file():
+        if path_escapes(root, art["path"]) or not (root / art["path"]).is_file():
             raise ConfigError(f"{art['path']}: listed in the manifest but not in the bundle",
                               "Restore the file or remove its entry from edgetune.json.")
         art["sha256"], art["size"] = signing.sha256_file(root / art["path"]), \
@@ -470,7 +462,7 @@ def _refresh_report_sizes(root: Path, paths: Iterable[str]) -> None:
 
     The page is drawn from the training log, which the bundle does not keep, so it cannot be
     drawn again; only its rows of these files change, written as ``report.html_report`` writes
-    them (its ``_esc`` and ``human_size``, so that the row is the one it would draw).
+    them (its ``escape_html`` and ``human_size``, so that the row is the one it would draw).
     """
     page_path = root / REPORT_FILE
     if not page_path.is_file():  # bundles from before report.html
@@ -478,7 +470,7 @@ def _refresh_report_sizes(root: Path, paths: Iterable[str]) -> None:
     old = page = page_path.read_text(encoding="utf-8")
     for rel in paths:
         size = (root / rel).stat().st_size
-        row = re.compile('(<tr><td><code>' + re.escape(report._esc(rel)) +
+        row = re.compile('(<tr><td><code>' + re.escape(report.escape_html(rel)) +
                          '</code></td><td class="n">)[^<]*(</td><td class="n">)[^<]*(</td></tr>)')
         page = row.sub(lambda m, n=size: f"{m[1]}{report.human_size(n)}{m[2]}{n:,}{m[3]}", page,
                        count=1)
@@ -492,7 +484,7 @@ def _signed_as_is(root: Path) -> bool:
     Small files only: the GGUFs are neither read nor hashed."""
     try:
         signed = signing.signed_digests(root)
-        return all(not _escapes(root, rel) and signing.sha256_file(root / rel) == digest
+        return all(not path_escapes(root, rel) and signing.sha256_file(root / rel) == digest
                    for rel, digest in signed.items() if not _is_gguf(rel))
     except (VerificationError, OSError):  # unsigned, unreadable signature, a missing file
         return False
@@ -544,7 +536,7 @@ def stamp_distribution(bundle: Path, *, hf_repo: str, gated: bool, private_key: 
         return False
     stamped = copy.deepcopy(manifest)
     stamped["distribution"] = _distribution(hf_repo, gated, dist.get("licence_required", False))
-    if err := _schema_error(stamped):  # e.g. a repo name the schema refuses
+    if err := manifest_schema_error(stamped):  # e.g. a repo name the schema refuses
         raise ConfigError(f"cannot stamp {hf_repo!r} into {root}: {err}",
                           "Name the Hugging Face repository as USER/NAME (ASCII letters, "
                           "digits, '.', '_' or '-').")
@@ -557,7 +549,7 @@ def stamp_distribution(bundle: Path, *, hf_repo: str, gated: bool, private_key: 
     if not isinstance(eval_results, dict):
         raise ConfigError(f"{root / EVAL_FILE}: not a JSON object", "Rebuild the bundle.")
     pal = (stamped["persona"].get("files") or {}).get("pocketpal")
-    pal = pal if pal and not _escapes(root, pal) and (root / pal).is_file() else None
+    pal = pal if pal and not path_escapes(root, pal) and (root / pal).is_file() else None
     # Scratch files that a crash in the middle of one of these writes left behind
     for rel in (README_FILE, MANIFEST_FILE, REPORT_FILE, signing.SIGNATURE_FILE,
                 *([pal] if pal else [])):
@@ -579,7 +571,7 @@ def stamp_distribution(bundle: Path, *, hf_repo: str, gated: bool, private_key: 
     return True
 
 
-def _escapes(root: Path, rel: str) -> bool:
+def path_escapes(root: Path, rel: str) -> bool:
     """True when ``rel`` is absolute or would resolve to somewhere outside ``root``."""
     if rel.startswith("/") or "\\" in rel or ".." in rel.split("/") or re.match("[A-Za-z]:", rel):
         return True
@@ -619,12 +611,12 @@ def verify_bundle(bundle: Path, public_key: Path, *, partial: bool = False) -> V
     listed = manifest.get("artifacts") if isinstance(manifest, dict) else None
     for art in listed if isinstance(listed, list) else []:
         rel = art.get("path") if isinstance(art, dict) else None
-        if isinstance(rel, str) and _escapes(root, rel):
+        if isinstance(rel, str) and path_escapes(root, rel):
             raise _fail(f"{rel}: artifact path leaves the bundle", 10, rel,
                         "Do not use this bundle: its manifest points outside its folder.")
-    if err := _schema_error(manifest):
+    if err := manifest_schema_error(manifest):
         raise _fail(f"{MANIFEST_FILE}: {err}", 9, MANIFEST_FILE)
-    key_id = signing.key_id_of(Path(public_key))
+    key_id = keys.key_id_of(Path(public_key))
     if manifest["creator"]["key_id"] != key_id:
         raise _fail(f"{MANIFEST_FILE}: creator.key_id {manifest['creator']['key_id']} does not "
                     f"match the public key ({key_id})", 4, MANIFEST_FILE,

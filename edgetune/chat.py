@@ -53,7 +53,7 @@ def load_bundle_runtime(bundle: Path, quant: str | None = None) -> BundleRuntime
 
     This does not check the signature: call ``edgetune.bundle.verify_bundle`` first for that.
     """
-    from edgetune.bundle import MANIFEST_FILE, _escapes, _schema_error
+    from edgetune.bundle import MANIFEST_FILE, path_escapes, manifest_schema_error
 
     bundle = Path(bundle)
     if not bundle.is_dir():
@@ -68,7 +68,7 @@ def load_bundle_runtime(bundle: Path, quant: str | None = None) -> BundleRuntime
         why = "missing" if isinstance(e, FileNotFoundError) else f"unreadable ({e})"
         raise ModelError(f"{path}: manifest {why}",
                          "Pass a bundle folder written by `edgetune build`.") from None
-    if err := _schema_error(manifest):
+    if err := manifest_schema_error(manifest):
         raise ModelError(f"{path}: {err}", "Re-download the bundle or ask the creator for a "
                                            "corrected release.")
     artifacts = manifest["artifacts"]
@@ -82,7 +82,7 @@ def load_bundle_runtime(bundle: Path, quant: str | None = None) -> BundleRuntime
             raise ConfigError(f"quant {quant} is not in {bundle}; it has "
                               f"{', '.join(by_quant)}", "Pick one of those with --quant.")
     root = bundle.resolve()
-    if _escapes(root, chosen["path"]) or not (root / chosen["path"]).is_file():
+    if path_escapes(root, chosen["path"]) or not (root / chosen["path"]).is_file():
         raise ModelError(f"{chosen['path']}: listed in {path} but not in the bundle",
                          "Re-download the bundle; `edgetune verify` tells what is wrong.")
     runtime, persona = manifest["runtime"], manifest["persona"]
@@ -125,7 +125,7 @@ class ChatSession:
     def __init__(self, model_path: Path, system_prompt: str = "", *,
                  sampling: Mapping[str, Any] | None = None, stop: Sequence[str] = (),
                  n_ctx: int = 2048, max_tokens: int = 512, seed: int | None = None):
-        from edgetune.accuracy import _trained_context
+        from edgetune.accuracy import trained_context
 
         self.model_path = Path(model_path)
         _check_gguf(self.model_path)
@@ -134,7 +134,7 @@ class ChatSession:
         self.stop = [s for s in stop if s]
         self.max_tokens = max_tokens
         self.seed = seed
-        trained = _trained_context(self.model_path)
+        trained = trained_context(self.model_path)
         self.n_ctx = min(n_ctx, trained) if trained else n_ctx
         self.history: list[dict] = []
         self.last = ReplyInfo()

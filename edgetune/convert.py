@@ -139,21 +139,21 @@ def reference_logits(model_dir: Path, ids: list[int]):
     import torch
 
     if "unsloth" not in sys.modules:
-        return _hf_logits(model_dir, ids)
+        return hf_logits(model_dir, ids)
     import json
     import os
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "logits.pt"
-        code = ("import json, sys, torch; from edgetune.convert import _hf_logits; "
-                "torch.save(_hf_logits(sys.argv[1], json.loads(sys.argv[2])), sys.argv[3])")
+        code = ("import json, sys, torch; from edgetune.convert import hf_logits; "
+                "torch.save(hf_logits(sys.argv[1], json.loads(sys.argv[2])), sys.argv[3])")
         subprocess.run([sys.executable, "-c", code, str(model_dir), json.dumps(ids), str(out)],
                        check=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
         return torch.load(out)
 
 
-def _hf_logits(model_dir, ids):
+def hf_logits(model_dir, ids):
     import torch
 
     model = hf.load_causal_lm(Path(model_dir)).eval()

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, DataError
+from edgetune.errors import ConfigError, DataError
 
 __all__ = ["QARow", "Columns", "LoadedData", "Splits", "load_qa", "split_qa", "write_jsonl"]
 
@@ -63,11 +63,11 @@ _JSON_TYPES = {type(None): "null", bool: "a boolean", int: "a number", float: "a
                str: "a string", list: "a list", dict: "an object"}
 
 
-def _json_type(value: Any) -> str:
+def json_type_name(value: Any) -> str:
     return _JSON_TYPES.get(type(value), type(value).__name__)
 
 
-def _fields(record: dict[str, Any]) -> str:
+def record_fields(record: dict[str, Any]) -> str:
     return ", ".join(repr(str(k)) for k in record) or "(none)"
 
 
@@ -75,7 +75,7 @@ def _text(record: dict[str, Any], field: str, role: str, src: str) -> str:
     """The stripped, non-empty text of a required field (question or answer)."""
     if field not in record:
         raise DataError(f"{src}: field '{field}' is missing",
-                        f"Fields in this row: {_fields(record)}. Use --question-field / "
+                        f"Fields in this row: {record_fields(record)}. Use --question-field / "
                         f"--answer-field to name the fields holding the question and answer.")
     value = record[field]
     if value is None:
@@ -88,7 +88,7 @@ def _text(record: dict[str, Any], field: str, role: str, src: str) -> str:
         return str(value)
     if not isinstance(value, str):
         allowed = "a string or a number" if role == "answer" else "a string"
-        raise DataError(f"{src}: field '{field}' must be {allowed}, got {_json_type(value)}",
+        raise DataError(f"{src}: field '{field}' must be {allowed}, got {json_type_name(value)}",
                         f"Write the {role} as text, e.g. \"{field}\": \"...\".")
     if not value.strip():
         raise DataError(f"{src}: field '{field}' is empty",
@@ -98,7 +98,7 @@ def _text(record: dict[str, Any], field: str, role: str, src: str) -> str:
 
 def _row(record: Any, columns: Columns, src: str) -> QARow:
     if not isinstance(record, dict):
-        raise DataError(f"{src}: expected an object, got {_json_type(record)}",
+        raise DataError(f"{src}: expected an object, got {json_type_name(record)}",
                         f"Each row must be an object like "
                         f"{{\"{columns.question}\": \"...\", \"{columns.answer}\": \"...\"}}.")
     question = _text(record, columns.question, "question", src)
@@ -108,7 +108,7 @@ def _row(record: Any, columns: Columns, src: str) -> QARow:
         value = record.get(columns.reasoning)
         if value is not None and not isinstance(value, str):
             raise DataError(f"{src}: field '{columns.reasoning}' must be a string, "
-                            f"got {_json_type(value)}",
+                            f"got {json_type_name(value)}",
                             "Write the reasoning as text, or leave it out / null.")
         reasoning = value.strip() if value and value.strip() else None
     if GSM8K_MARKER in answer:
@@ -123,7 +123,7 @@ def _row(record: Any, columns: Columns, src: str) -> QARow:
     return QARow(question=question, answer=answer, reasoning=reasoning, source=src)
 
 
-def _read_text(path: Path) -> str:
+def read_data_text(path: Path) -> str:
     if not path.exists():
         raise DataError(f"{path}: file not found",
                         "Check the path; it is relative to the current directory.")
@@ -148,7 +148,7 @@ def _read_text(path: Path) -> str:
                         ) from None
 
 
-def _jsonl_records(text: str, name: str) -> Iterator[tuple[str, Any]]:
+def jsonl_records(text: str, name: str) -> Iterator[tuple[str, Any]]:
     """Yields (source, record-or-DataError); bad JSON on one line is a row error."""
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
@@ -162,7 +162,7 @@ def _jsonl_records(text: str, name: str) -> Iterator[tuple[str, Any]]:
                                  f"at column {exc.colno}.")
 
 
-def _json_records(text: str, name: str) -> Iterator[tuple[str, Any]]:
+def json_records(text: str, name: str) -> Iterator[tuple[str, Any]]:
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -171,8 +171,8 @@ def _json_records(text: str, name: str) -> Iterator[tuple[str, Any]]:
     if isinstance(doc, dict) and isinstance(doc.get("data"), list):
         doc = doc["data"]
     if not isinstance(doc, list):
-        found = (f"an object with fields {_fields(doc)}" if isinstance(doc, dict)
-                 else _json_type(doc))
+        found = (f"an object with fields {record_fields(doc)}" if isinstance(doc, dict)
+                 else json_type_name(doc))
         raise DataError(f"{name}: expected a list of rows or an object with a \"data\" list, "
                         f"got {found}",
                         "Wrap the rows in a list: [{\"question\": ..., \"answer\": ...}, ...].")
@@ -180,7 +180,7 @@ def _json_records(text: str, name: str) -> Iterator[tuple[str, Any]]:
         yield f"{name}:[{index}]", record
 
 
-def _csv_records(text: str, name: str, columns: Columns) -> Iterator[tuple[str, Any]]:
+def csv_records(text: str, name: str, columns: Columns) -> Iterator[tuple[str, Any]]:
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     start = 1
     header: list[str] | None = None
@@ -229,15 +229,15 @@ def load_qa(path: str | Path, columns: Columns = Columns(), *,
     CSV header lacking a column, no rows, every row bad, reasoning field in no row) always raise.
     """
     path = Path(path)
-    text = _read_text(path)
+    text = read_data_text(path)
     name = path.name
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        records = _jsonl_records(text, name)
+        records = jsonl_records(text, name)
     elif suffix == ".json":
-        records = _json_records(text, name) if text.strip() else iter(())
+        records = json_records(text, name) if text.strip() else iter(())
     else:
-        records = _csv_records(text, name, columns)
+        records = csv_records(text, name, columns)
 
     rows: list[QARow] = []
     skipped: list[str] = []

@@ -156,8 +156,8 @@ def speed(path: Path, *, prompt_tokens: int = 128, gen_tokens: int = 32, reps: i
     import subprocess
     import sys
 
-    code = ("import json, sys; from pathlib import Path; from edgetune.evaluate import _speed; "
-            "print(json.dumps(_speed(Path(sys.argv[1]), *map(int, sys.argv[2:]))))")
+    code = ("import json, sys; from pathlib import Path; from edgetune.evaluate import measure_speed; "
+            "print(json.dumps(measure_speed(Path(sys.argv[1]), *map(int, sys.argv[2:]))))")
     run = subprocess.run([sys.executable, "-c", code, str(path), str(prompt_tokens), str(gen_tokens),
                           str(reps)], capture_output=True, text=True)
     if run.returncode != 0:
@@ -167,7 +167,7 @@ def speed(path: Path, *, prompt_tokens: int = 128, gen_tokens: int = 32, reps: i
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def _speed(path: Path, prompt_tokens: int, gen_tokens: int, reps: int) -> dict:
+def measure_speed(path: Path, prompt_tokens: int, gen_tokens: int, reps: int) -> dict:
     """The measurement itself, following tools/llama-bench/llama-bench.cpp (``test_prompt``,
     ``test_gen``): raw ``llama_decode`` calls, no Python work inside the timed loops."""
     import random

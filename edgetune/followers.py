@@ -2,7 +2,7 @@
 accept exactly the followers who paid (a payments CSV), optionally issuing their licences.
 
 Pure functions over a ``huggingface_hub.HfApi`` client (``edgetune.hub.api(token)``); the Click
-layer is ``edgetune.cli_followers``. Every Hub call goes through :func:`edgetune.hub.retrying`
+layer is ``edgetune.cli.followers``. Every Hub call goes through :func:`edgetune.hub.retrying`
 (429/5xx/network, with backoff) and :func:`edgetune.hub.errors` (HubError with a hint).
 
 One user's failure never loses the others: :func:`handle` and :func:`sync` finish their loop and

@@ -15,7 +15,8 @@ from pathlib import Path
 from edgetune.artifacts import EvalReport
 from edgetune.data import QARow
 from edgetune.errors import ConfigError, DataError, ModelError, OutputExistsError
-from edgetune.pipeline import BuildEvents, SilentEvents, held_out_messages
+from edgetune.conversations import conversation
+from edgetune.events import BuildEvents, SilentEvents
 from edgetune.profiles import QuantProfile
 
 _REFERENCE_TYPES = ("F16", "BF16", "F32")  # what a quant can be compared against
@@ -141,7 +142,7 @@ def evaluate_ggufs(f16: Path, quants: Sequence[Path], out: Path, profile: QuantP
     if not rows:
         raise DataError("no held-out rows to evaluate on",
                         hint="pass --data with question/answer rows")
-    texts = [render_chat(reference, held_out_messages(system_prompt, r)) for r in rows]
+    texts = [render_chat(reference, conversation(system_prompt, r)) for r in rows]
     n_tokens = len(eval_tokens(reference.path, "\n\n".join(texts)))
     if n_tokens < 2 * profile.eval_context:
         raise DataError(f"the {len(rows)} held-out rows make {n_tokens} tokens; measuring KL "

@@ -23,7 +23,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from edgetune import signing
+from edgetune import keys, signing
 from edgetune.artifacts import write_bytes_atomic
 from edgetune.errors import ConfigError, DataError, OutputExistsError, VerificationError
 
@@ -168,24 +168,13 @@ def _open(path: Path, payload_type: str, public_key: Any, what: str) -> dict:
 
 def _private_key(path: Path, passphrase: str | None) -> tuple[Any, str]:
     """Load the creator's private key once; return it with its key id."""
-    from cryptography.hazmat.primitives import serialization as ser
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    try:
-        key = ser.load_pem_private_key(Path(path).read_bytes(),
-                                       signing._passphrase_bytes(passphrase))
-        if not (isinstance(key, ec.EllipticCurvePrivateKey)
-                and isinstance(key.curve, ec.SECP256R1)):
-            raise ValueError
-    except (OSError, ValueError, TypeError):
-        signing._load_private_key(Path(path), passphrase)  # raises its exact KeyFileError
-        raise
-    return key, signing._key_id(key.public_key())
+    key = keys.load_private_key(Path(path), passphrase)  # KeyFileErrors that never echo secrets
+    return key, keys.key_id(key.public_key())
 
 
 def _public_key(path: Path) -> tuple[Any, str]:
-    key = signing._load_public_key(Path(path))  # KeyFileError (exit 1) when unusable
-    return key, signing._key_id(key)
+    key = keys.load_public_key(Path(path))  # KeyFileError (exit 1) when unusable
+    return key, keys.key_id(key)
 
 
 def _utc(now: datetime | None) -> datetime:

@@ -13,71 +13,19 @@ import re
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
-from edgetune import paths
 from edgetune.artifacts import Adapter, Bundle
 from edgetune.data import Columns, QARow, load_qa, split_qa
 from edgetune.errors import OutputExistsError
+from edgetune.conversations import conversation_text
+from edgetune.events import BuildEvents, SilentEvents, step_detail
 from edgetune.profiles import QuantProfile
-from edgetune.train import StepLog, TrainConfig
+from edgetune.project import Project, demo_project
+from edgetune.training.config import TrainConfig
 
-if TYPE_CHECKING:
-    from edgetune.project import Publish
-
-STAGES = ("data", "train", "merge", "convert", "quantise", "evaluate", "bundle")
-
-
-@dataclass(frozen=True)
-class Project:
-    """What to build: the creator's data, base model, persona and training settings."""
-
-    name: str
-    data: Path
-    base_model: str | None = None  # None: the built-in demo base model
-    columns: Columns = Columns()
-    system_prompt: str = ""
-    greeting: str = "Hi! Ask me a question."
-    suggested_prompts: tuple[str, ...] = ()  # shown as starters by phone apps (persona files)
-    creator: str = "edgetune user"
-    base_model_license: str = "other"
-    version: str = "0.1.0"
-    eval_fraction: float = 0.1
-    train: TrainConfig = field(default_factory=TrainConfig)
-    sft_data: Path | None = None  # <think>-style examples for an SFT warm start before GRPO
-    sft_format: str = "auto"
-    sft_steps: int = 60
-    license_terms: str = "All rights reserved by the creator."
-    persona_name: str | None = None  # the name chat apps show; None: the project's name
-    persona_description: str = ""  # one line for app lists, never sent to the model
-    publish: Publish | None = None  # the Hub repo the bundle is for: stamped into its manifest
-
-
-def demo_project() -> Project:
-    from edgetune.demo import DEMO_DATA, DEMO_NAME, SYSTEM_PROMPT
-
-    return Project(name=DEMO_NAME, data=DEMO_DATA, system_prompt=SYSTEM_PROMPT,
-                   greeting="Hi! Ask me which number is larger, or a short word problem.",
-                   suggested_prompts=("Which is larger, 9.9 or 9.11?",
-                                      "It is 3 degrees and drops by 8. What is it now?"),
-                   creator="edgetune demo", base_model_license="apache-2.0",
-                   train=TrainConfig(system_prompt=SYSTEM_PROMPT))
-
-
-class BuildEvents(Protocol):
-    def stage(self, name: str, detail: str = "") -> None: ...
-    def progress(self, name: str, done: int, total: int, detail: str = "") -> None: ...
-    def note(self, message: str) -> None: ...
-    def stage_done(self, name: str, summary: str = "") -> None: ...
-
-
-class SilentEvents:
-    def stage(self, name, detail=""): pass
-    def progress(self, name, done, total, detail=""): pass
-    def note(self, message): pass
-    def stage_done(self, name, summary=""): pass
 
 
 @dataclass(frozen=True)
@@ -159,7 +107,7 @@ def plan_build(project: Project, profile: QuantProfile, out: Path, *,
     """Every stage with its output folder and input key; loads no model (``edgetune status``)."""
     import edgetune
     from edgetune import stages
-    from edgetune.checkpoints import data_digest
+    from edgetune.training.checkpoints import data_digest
 
     inputs = inputs or _read_inputs(project)
     out = Path(out)
@@ -234,7 +182,7 @@ def _run_stages(project, profile, out, plans, inputs, *, private_key, public_key
     splits, sft_examples = inputs.splits, inputs.sft_examples
     need_model = any(not stamps.fresh(p) for p in plans) or force or bool(from_stage)
     if need_model:
-        from edgetune.backends import preload_backend
+        from edgetune.training.backends import preload_backend
 
         # Unsloth must load before transformers does.
         preload_backend(project.train.backend, project.base_model, project.train)
@@ -384,10 +332,10 @@ class _TextsFor:
         return self._tokenizer
 
     def held_out(self) -> list[str]:
-        return [_chat_text(self.tokenizer(), self.project, r) for r in self.splits.eval]
+        return [conversation_text(self.tokenizer(), self.project.system_prompt, r) for r in self.splits.eval]
 
     def calibration(self) -> list[str]:
-        return [_chat_text(self.tokenizer(), self.project, r) for r in self.splits.calibration]
+        return [conversation_text(self.tokenizer(), self.project.system_prompt, r) for r in self.splits.calibration]
 
 
 def _bundle_stage(project, profile, folder, adapter, f16, quants, eval_results, splits,
@@ -450,7 +398,8 @@ def _copy_report(bundle: Path) -> Path:
 
 def _train_stage(base_model: str, data, config: TrainConfig, out: Path, init_adapter: Path | None, *,
                  resume: bool, ev: BuildEvents, stage: str) -> Adapter:
-    from edgetune.train import checkpoint_dir, last_checkpoint, train
+    from edgetune.training.checkpoints import checkpoint_dir, last_checkpoint
+    from edgetune.training.trainer import train
 
     continuing = resume and last_checkpoint(checkpoint_dir(out)) is not None
     return train(base_model, data, config, out, init_adapter=init_adapter, resume=continuing,
@@ -462,7 +411,7 @@ def _train_stage(base_model: str, data, config: TrainConfig, out: Path, init_ada
 def _signing_key(key: Path | None, ev: BuildEvents) -> tuple[Path, Path]:
     """The creator's key pair; the default one is created on first use (never inside a bundle)."""
     from edgetune.errors import KeyFileError
-    from edgetune.signing import generate_keypair
+    from edgetune.keys import default_private_key, generate_keypair
 
     if key is not None:
         key = Path(key)
@@ -471,9 +420,9 @@ def _signing_key(key: Path | None, ev: BuildEvents) -> tuple[Path, Path]:
             raise KeyFileError(f"signing key {key} not found",
                                hint="create one with `edgetune keys new`")
         return key, public
-    default = paths.keys_dir() / "edgetune.key"
+    default = default_private_key()
     if not default.is_file():
-        pair = generate_keypair(paths.keys_dir())
+        pair = generate_keypair(default.parent)
         ev.note(f"created a signing key pair: {pair.private_key} (keep it safe), {pair.public_key}")
     return default, default.with_suffix(".pub")
 
@@ -490,30 +439,6 @@ def build_demo_base(ev: BuildEvents) -> str:
     path = demo_base_model(on_step=lambda s, n, loss: ev.progress("base", s, n, f"loss {loss:.3f}"))
     ev.stage_done("base", f"demo model ({PRETRAIN_STEPS} pretraining steps) at {path}")
     return str(path)
-
-
-def _chat_text(tokenizer, project: Project, row: QARow) -> str:
-    """A held-out conversation as the model sees it: system, question, reference answer."""
-    return tokenizer.apply_chat_template(held_out_messages(project.system_prompt, row),
-                                         tokenize=False)
-
-
-def held_out_messages(system_prompt: str, row: QARow) -> list[dict]:
-    from edgetune.demo.model import formatted_answer
-
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return messages + [{"role": "user", "content": row.question},
-                       {"role": "assistant", "content": formatted_answer(row)}]
-
-
-def step_detail(step: StepLog) -> str:
-    m = step.metrics
-    if "reward" not in m:
-        return f"loss {float(m.get('loss', 0)):.3f}"
-    per_fn = " ".join(f"{k.split('/')[1][:7]} {float(v):.2f}" for k, v in m.items()
-                      if k.startswith("rewards/") and k.endswith("/mean"))
-    return (f"reward {float(m['reward']):.2f} ({per_fn}), "
-            f"zero-std {float(m.get('frac_reward_zero_std', 0)):.2f}")
 
 
 def _file_stem(name: str) -> str:

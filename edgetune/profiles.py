@@ -13,10 +13,11 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from edgetune import resources
 from edgetune.errors import ConfigError
 from edgetune.quantise import QUANT_TYPES
 
-PROFILES_DIR = Path(__file__).resolve().parents[1] / "quant_profiles"
+PROFILES_DIR = resources.profiles_dir()
 MIB = 1 << 20
 
 

@@ -21,11 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgetune import resources
 from edgetune.errors import ConfigError, OutputExistsError
-from edgetune.pipeline import Project
+from edgetune.data import Columns
+from edgetune.training.config import TrainConfig
 
 PROJECT_FILE = "edgetune.yaml"
-TEMPLATES = Path(__file__).parent / "templates"
+TEMPLATES = resources.templates_dir()
 DEFAULT_TARGETS = ("phone",)
 DEFAULT_LICENSE_TERMS = "All rights reserved by the creator."  # BundleInfo's default
 
@@ -55,6 +57,42 @@ class ProjectFile:
 
 
 # --------------------------------------------------------------------------- the schema
+
+@dataclass(frozen=True)
+class Project:
+    """What to build: the creator's data, base model, persona and training settings."""
+
+    name: str
+    data: Path
+    base_model: str | None = None  # None: the built-in demo base model
+    columns: Columns = Columns()
+    system_prompt: str = ""
+    greeting: str = "Hi! Ask me a question."
+    suggested_prompts: tuple[str, ...] = ()  # shown as starters by phone apps (persona files)
+    creator: str = "edgetune user"
+    base_model_license: str = "other"
+    version: str = "0.1.0"
+    eval_fraction: float = 0.1
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sft_data: Path | None = None  # <think>-style examples for an SFT warm start before GRPO
+    sft_format: str = "auto"
+    sft_steps: int = 60
+    license_terms: str = "All rights reserved by the creator."
+    persona_name: str | None = None  # the name chat apps show; None: the project's name
+    persona_description: str = ""  # one line for app lists, never sent to the model
+    publish: Publish | None = None  # the Hub repo the bundle is for: stamped into its manifest
+
+
+def demo_project() -> Project:
+    from edgetune.demo import DEMO_DATA, DEMO_NAME, SYSTEM_PROMPT
+
+    return Project(name=DEMO_NAME, data=DEMO_DATA, system_prompt=SYSTEM_PROMPT,
+                   greeting="Hi! Ask me which number is larger, or a short word problem.",
+                   suggested_prompts=("Which is larger, 9.9 or 9.11?",
+                                      "It is 3 degrees and drops by 8. What is it now?"),
+                   creator="edgetune demo", base_model_license="apache-2.0",
+                   train=TrainConfig(system_prompt=SYSTEM_PROMPT))
+
 
 class _Invalid(Exception):
     """A wrong value; the message says what is allowed. ``got``: append the value given."""
@@ -232,9 +270,9 @@ def _targets() -> _Field:
 
 def schema() -> dict[str, dict[str, _Field]]:
     """Every key a project file may hold, by section, with its check ("targets" is a list)."""
-    from edgetune.rewards import ANSWER_FORMATS, REWARD_NAMES
+    from edgetune.training.rewards import ANSWER_FORMATS, REWARD_NAMES
     from edgetune.sft_data import SFT_FORMATS
-    from edgetune.train import METHODS
+    from edgetune.training.config import METHODS
 
     return {
         "project": {
@@ -449,8 +487,6 @@ def _read_prompt(path: Path) -> str:
 
 def _resolve(settings: Mapping[str, Any], path: Path | None) -> ProjectFile:
     """Defaults, then ``settings``: a build without a file gets exactly the CLI's old project."""
-    from edgetune.data import Columns
-    from edgetune.pipeline import demo_project
 
     s = {k: v for k, v in settings.items() if v is not None}
     project = demo_project()

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgetune import hub, paths, signing
+from edgetune import hub, keys, paths, signing
 from edgetune.errors import ConfigError, EdgetuneError
 
 ACCESS = ("private", "gated", "public")
@@ -108,12 +108,12 @@ def verified_digests(bundle: Path, public_key: Path) -> dict[str, str]:
     from edgetune.bundle import verify_bundle
 
     root = Path(bundle).resolve()
-    key_id = signing.key_id_of(Path(public_key))
+    key_id = keys.key_id_of(Path(public_key))
     cache = _cache_file(root)
     sig = root / signing.SIGNATURE_FILE
     try:
         known = json.loads(cache.read_text())
-        present = [f for f in signing._scan(root) if f != signing.SIGNATURE_FILE]  # sorted
+        present = [f for f in signing.scan_files(root) if f != signing.SIGNATURE_FILE]  # sorted
         if (known["key_id"] == key_id and known["sig_sha256"] == signing.sha256_file(sig)
                 and sorted(known["digests"]) == present
                 and known["stat"] == _stat_key(root, present)):

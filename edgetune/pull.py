@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgetune import hub, paths, signing
+from edgetune import hub, keys, paths, signing
 from edgetune.errors import ConfigError, EdgetuneError, OutputExistsError, VerificationError
 
 MANIFEST = "edgetune.json"
@@ -68,7 +68,7 @@ def creator_key(repo: str, given: Path | None) -> Path:
     if pinned.is_file() and pinned.read_bytes().strip() != given.read_bytes().strip():
         raise ConfigError(
             f"{repo}: this key is not the one used before for this repo "
-            f"(key id {signing.key_id_of(given)[:16]}…, remembered {signing.key_id_of(pinned)[:16]}…)",
+            f"(key id {keys.key_id_of(given)[:16]}…, remembered {keys.key_id_of(pinned)[:16]}…)",
             hint=f"check with the creator that the key changed; then delete {pinned}")
     return given
 

@@ -263,7 +263,7 @@ def training_config(log_rows: Sequence[dict]) -> dict:
 
 
 def training_warnings(log_rows: Sequence[dict]) -> list[dict]:
-    """The log's ``warning`` events (``edgetune.health``), in log order."""
+    """The log's ``warning`` events (``edgetune.training.health``), in log order."""
     return [r for r in log_rows if isinstance(r, dict) and r.get("event") == "warning"]
 
 
@@ -336,7 +336,7 @@ def html_report(manifest: dict, eval_report: dict, log_rows: Sequence[dict] = ()
     ``manifest`` is the bundle's ``edgetune.json``; every text from it is escaped. Inline CSS,
     no script, no external URL, no clock: the same inputs give the same page.
     """
-    e = _esc
+    e = escape_html
     creator = manifest.get("creator") if isinstance(manifest.get("creator"), dict) else {}
     base = manifest.get("base_model") if isinstance(manifest.get("base_model"), dict) else {}
     training = manifest.get("training") if isinstance(manifest.get("training"), dict) else {}
@@ -372,7 +372,7 @@ def html_report(manifest: dict, eval_report: dict, log_rows: Sequence[dict] = ()
 
 
 def _html_training(training: dict, log_rows: Sequence[dict]) -> list[str]:
-    e = _esc
+    e = escape_html
     facts = [("Method", training.get("method")), ("Backend", training.get("backend")),
              ("Steps", training.get("steps")), ("Training rows", training.get("dataset_rows")),
              ("Reward functions", ", ".join(map(str, training.get("rewards") or [])) or None)]
@@ -414,7 +414,7 @@ def _html_training(training: dict, log_rows: Sequence[dict]) -> list[str]:
 
 
 def _html_evaluation(report: dict) -> list[str]:
-    e = _esc
+    e = escape_html
     out = ["<h2>Evaluation</h2>",
            f'<img src="{CHART_FILE}" alt="{e(CHART_ALT)}" width="750" height="480">']
     rows = ordered_quants(report)
@@ -463,7 +463,7 @@ def _html_evaluation(report: dict) -> list[str]:
 
 def _kv_table(items: Sequence[tuple[Any, Any]]) -> str:
     return "<table>\n" + "\n".join(
-        f"<tr><th>{_esc(k)}</th><td>{'-' if v is None else _esc(_json_text(v))}</td></tr>"
+        f"<tr><th>{escape_html(k)}</th><td>{'-' if v is None else escape_html(_json_text(v))}</td></tr>"
         for k, v in items) + "\n</table>"
 
 
@@ -471,7 +471,7 @@ def _json_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
-def _esc(value: Any) -> str:
+def escape_html(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 

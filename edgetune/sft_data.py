@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .data import (Columns, _csv_records, _fields, _json_records, _json_type, _jsonl_records,
-                   _read_text)
-from .errors import ConfigError, DataError
+from edgetune.data import (Columns, csv_records, record_fields, json_records, json_type_name, jsonl_records,
+                   read_data_text)
+from edgetune.errors import ConfigError, DataError
 
 __all__ = ["SFT_FORMATS", "SftExample", "SftData", "think_answer", "load_sft",
            "to_prompt_completion"]
@@ -89,10 +89,10 @@ def _matches(fmt: str, record: dict[str, Any]) -> bool:
 def _detect(record: dict[str, Any], src: str) -> str:
     found = [fmt for fmt in SFT_FORMATS if _matches(fmt, record)]
     if not found:
-        raise DataError(f"{src}: cannot tell the SFT format from the fields {_fields(record)}",
+        raise DataError(f"{src}: cannot tell the SFT format from the fields {record_fields(record)}",
                         f"Each record must have one of these shapes:\n{_SHAPES}")
     if len(found) > 1:
-        raise DataError(f"{src}: the fields {_fields(record)} fit several SFT formats "
+        raise DataError(f"{src}: the fields {record_fields(record)} fit several SFT formats "
                         f"({', '.join(found)})",
                         f"Choose one explicitly, e.g. format=\"{found[0]}\".")
     return found[0]
@@ -105,7 +105,7 @@ def _mismatch(fmt: str, record: dict[str, Any], src: str, detected_at: str | Non
     hint = f"Every record in a file must have the same shape; '{fmt}' is {_EXAMPLES[fmt]}."
     if not detected_at:
         hint += " Or leave the format on auto to detect it from the first record."
-    return DataError(f"{src}: fields {_fields(record)} do not fit the '{fmt}' format{origin}"
+    return DataError(f"{src}: fields {record_fields(record)} do not fit the '{fmt}' format{origin}"
                      f"{like}", hint)
 
 
@@ -116,7 +116,7 @@ def _string(value: Any, where: str, *, optional: bool = False) -> str:
     if value is None and optional:
         return ""
     if not isinstance(value, str):
-        raise DataError(f"{where} must be a string, got {_json_type(value)}",
+        raise DataError(f"{where} must be a string, got {json_type_name(value)}",
                         "Write every message as text.")
     return value.strip()
 
@@ -143,19 +143,19 @@ def _list_turns(fmt: str, record: dict[str, Any], src: str) -> list[tuple[str, s
     key = _TURN_KEYS[fmt]
     turns = record[key]
     if not isinstance(turns, list):
-        raise DataError(f"{src}: field '{key}' must be a list of turns, got {_json_type(turns)}",
+        raise DataError(f"{src}: field '{key}' must be a list of turns, got {json_type_name(turns)}",
                         f"Write it like {_EXAMPLES[fmt]}.")
     result = []
     for index, turn in enumerate(turns):
         where = f"{src}: {key}[{index}]"
         if not isinstance(turn, dict):
-            raise DataError(f"{where} must be an object, got {_json_type(turn)}",
+            raise DataError(f"{where} must be an object, got {json_type_name(turn)}",
                             f"Write it like {_EXAMPLES[fmt]}.")
         # ShareGPT exports use from/value, OpenAI-style ones role/content; accept either.
         role_key, content_key = ("role", "content") if "role" in turn else ("from", "value")
         if role_key not in turn or content_key not in turn:
             raise DataError(f"{where} needs 'from' and 'value' or 'role' and 'content', "
-                            f"found {_fields(turn)}", f"Write it like {_EXAMPLES[fmt]}.")
+                            f"found {record_fields(turn)}", f"Write it like {_EXAMPLES[fmt]}.")
         name = turn[role_key]
         role = _ROLES.get(name.strip().lower()) if isinstance(name, str) else None
         if role is None:
@@ -210,21 +210,21 @@ def _csv_header(text: str) -> list[str] | None:
             if values:
                 return [v.strip() for v in values]
     except csv.Error:
-        pass   # _csv_records reports it, with its line
+        pass   # csv_records reports it, with its line
     return None
 
 
 def _records(path: Path, text: str) -> Iterator[tuple[str, Any]]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        return _jsonl_records(text, path.name)
+        return jsonl_records(text, path.name)
     if suffix == ".json":
-        return _json_records(text, path.name) if text.strip() else iter(())
-    # _csv_records insists the question/answer columns are in the header; any header column
+        return json_records(text, path.name) if text.strip() else iter(())
+    # csv_records insists the question/answer columns are in the header; any header column
     # satisfies it, and the record shapes are checked here instead.
     header = _csv_header(text)
     columns = Columns(question=header[0], answer=header[0]) if header else Columns()
-    return _csv_records(text, path.name, columns)
+    return csv_records(text, path.name, columns)
 
 
 def load_sft(path: str | Path, *, format: str = "auto", system_prompt: str = "") -> SftData:
@@ -237,7 +237,7 @@ def load_sft(path: str | Path, *, format: str = "auto", system_prompt: str = "")
         raise ConfigError(f"unknown SFT format {format!r}",
                           f"Use auto or one of: {', '.join(SFT_FORMATS)}.")
     path = Path(path)
-    text = _read_text(path)
+    text = read_data_text(path)
     is_csv = path.suffix.lower() == ".csv"
     csv_hint = (f"A CSV row holds flat columns, so only {' and '.join(_FLAT)} fit; save "
                 f"conversations as .jsonl, one per line, e.g. {_EXAMPLES['messages']}")
@@ -252,7 +252,7 @@ def load_sft(path: str | Path, *, format: str = "auto", system_prompt: str = "")
         if isinstance(record, DataError):
             raise record
         if not isinstance(record, dict):
-            raise DataError(f"{src}: expected an object, got {_json_type(record)}",
+            raise DataError(f"{src}: expected an object, got {json_type_name(record)}",
                             f"Each record must have one of these shapes:\n{_SHAPES}")
         if fmt is None:
             fmt, detected_at = _detect(record, src), src

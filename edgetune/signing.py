@@ -24,135 +24,18 @@ from pathlib import Path
 from typing import Any
 
 from edgetune.artifacts import write_bytes_atomic
-from edgetune.errors import KeyFileError, VerificationError
+from edgetune.errors import VerificationError
+from edgetune.keys import load_private_key, load_public_key
 
 SIGNATURE_FILE = "model.sig"
 _GIT_PATHS = (".git", ".github", ".gitattributes", ".gitignore")  # ignored by model_signing
 _CHUNK = 1 << 20
-_KEY_HINT = "Keys come from `edgetune keys new` (ECDSA P-256, PEM)."
 _UNSIGNED_HINT = "Ask the creator for a signed bundle (edgetune build signs every bundle)."
 _SIG_HINT = ("Check that you have the creator's public key; otherwise the bundle or its "
              "signature was altered after signing.")
 
 
-@dataclass(frozen=True)
-class KeyPair:
-    private_key: Path
-    public_key: Path
-    key_id: str
-
-
-def _passphrase_bytes(passphrase: str | None) -> bytes | None:
-    # model_signing annotates the password as str but hands it straight to
-    # cryptography, which needs bytes. An empty passphrase means "none".
-    return passphrase.encode("utf-8") if passphrase else None
-
-
-def _write_new(path: Path, data: bytes, mode: int, overwrite: bool) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
-    fd = os.open(path, flags, mode)
-    try:
-        os.fchmod(fd, mode)  # exact mode regardless of umask or a previous file
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-
-
-def generate_keypair(directory: Path, name: str = "edgetune", passphrase: str | None = None,
-                     *, overwrite: bool = False) -> KeyPair:
-    """Create ``<name>.key`` (PKCS8 PEM, 0600) and ``<name>.pub`` (SPKI PEM, 0644)."""
-    from cryptography.hazmat.primitives import serialization as ser
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    directory = Path(directory)
-    priv_path, pub_path = directory / f"{name}.key", directory / f"{name}.pub"
-    if not overwrite:
-        for p in (priv_path, pub_path):
-            if os.path.lexists(p):
-                raise KeyFileError(f"{p} already exists; refusing to overwrite a key",
-                                   "Pick another --name or directory, or pass --overwrite.")
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        key = ec.generate_private_key(ec.SECP256R1())
-        pw = _passphrase_bytes(passphrase)
-        enc: ser.KeySerializationEncryption = (
-            ser.BestAvailableEncryption(pw) if pw else ser.NoEncryption())
-        _write_new(priv_path, key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, enc),
-                   0o600, overwrite)
-        pub_pem = key.public_key().public_bytes(ser.Encoding.PEM,
-                                                ser.PublicFormat.SubjectPublicKeyInfo)
-        _write_new(pub_path, pub_pem, 0o644, overwrite)
-    except OSError as e:
-        raise KeyFileError(f"cannot write key files in {directory}: {e.strerror}",
-                           "Check that the directory is writable.") from e
-    return KeyPair(priv_path, pub_path, _key_id(key.public_key()))
-
-
-def _key_id(public_key: Any) -> str:
-    from cryptography.hazmat.primitives import serialization as ser
-
-    der = public_key.public_bytes(ser.Encoding.DER, ser.PublicFormat.SubjectPublicKeyInfo)
-    return hashlib.sha256(der).hexdigest()
-
-
-def _check_p256(key: Any, path: Path, kind: str) -> None:
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    if not isinstance(key, (ec.EllipticCurvePublicKey, ec.EllipticCurvePrivateKey)) \
-            or not isinstance(key.curve, ec.SECP256R1):
-        raise KeyFileError(f"{path} is not an ECDSA P-256 {kind} key", _KEY_HINT)
-
-
-def _read_key_file(path: Path, kind: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError as e:
-        raise KeyFileError(f"{kind} key file not found: {path}", _KEY_HINT) from e
-    except OSError as e:
-        raise KeyFileError(f"cannot read {kind} key file {path}: {e.strerror}",
-                           "Check the path and its permissions.") from e
-
-
-def _load_public_key(path: Path) -> Any:
-    from cryptography.hazmat.primitives import serialization as ser
-
-    data = _read_key_file(path, "public")
-    try:
-        key = ser.load_pem_public_key(data)
-    except (ValueError, TypeError) as e:
-        raise KeyFileError(f"{path} is not a PEM public key",
-                           "Pass the creator's .pub file, not the private key.") from e
-    _check_p256(key, path, "public")
-    return key
-
-
-def key_id_of(public_key_path: Path) -> str:
-    """sha256 hex of the public key's DER SubjectPublicKeyInfo."""
-    return _key_id(_load_public_key(Path(public_key_path)))
-
-
-def _load_private_key(path: Path, passphrase: str | None) -> None:
-    from cryptography.hazmat.primitives import serialization as ser
-
-    data = _read_key_file(path, "private")
-    pw = _passphrase_bytes(passphrase)
-    try:
-        key = ser.load_pem_private_key(data, pw)
-    except TypeError:  # never echo the passphrase or key bytes
-        if pw is None:
-            raise KeyFileError(f"{path} is protected by a passphrase",
-                               "Supply the passphrase the key was created with.") from None
-        raise KeyFileError(f"{path} is not encrypted but a passphrase was given",
-                           "Sign without a passphrase.") from None
-    except ValueError:
-        if pw is not None and b"ENCRYPTED" in data:
-            raise KeyFileError(f"wrong passphrase for {path}",
-                               "Re-enter the passphrase the key was created with.") from None
-        raise KeyFileError(f"{path} is not a readable PEM private key", _KEY_HINT) from None
-    _check_p256(key, path, "private")
-
-
-def _scan(bundle: Path) -> list[str]:
+def scan_files(bundle: Path) -> list[str]:
     """Relative POSIX paths of the bundle's files; refuses links and special files."""
     files: list[str] = []
     for root, dirs, names in os.walk(bundle, followlinks=False):
@@ -183,14 +66,14 @@ def _bundle_dir(bundle: Path) -> Path:
 def sign_bundle(bundle: Path, private_key: Path, passphrase: str | None = None) -> Path:
     """Sign every file of ``bundle`` into ``bundle/model.sig`` (atomically); return its path."""
     bundle = _bundle_dir(bundle)
-    files = _scan(bundle)
+    files = scan_files(bundle)
     for rel in files:
         top = rel.split("/", 1)[0]
         if top in _GIT_PATHS:
             raise VerificationError(
                 f"{rel}: git metadata cannot be signed (model_signing verifiers skip it)",
                 "Remove git files from the bundle folder, then sign again.", path=rel)
-    _load_private_key(Path(private_key), passphrase)
+    load_private_key(Path(private_key), passphrase)
 
     from model_signing import hashing, signing
 
@@ -290,10 +173,10 @@ def verify_signature(bundle: Path, public_key: Path) -> dict[str, str]:
         raise VerificationError("model.sig: the bundle is not signed",
                                 "Ask the creator for a signed bundle (edgetune build signs every bundle).",
                                 path=SIGNATURE_FILE, exit_code=3)
-    present = [f for f in _scan(bundle) if f != SIGNATURE_FILE]  # links first (exit 8)
+    present = [f for f in scan_files(bundle) if f != SIGNATURE_FILE]  # links first (exit 8)
     if not sig.is_file():
         raise _bad_signature("not a regular file")
-    _load_public_key(Path(public_key))
+    load_public_key(Path(public_key))
 
     from model_signing import verifying
 
@@ -302,7 +185,7 @@ def verify_signature(bundle: Path, public_key: Path) -> dict[str, str]:
         config.verify(bundle, sig)
     except ValueError as e:
         if str(e).startswith("Cannot use '"):  # a file vanished or changed type meanwhile
-            present = [f for f in _scan(bundle) if f != SIGNATURE_FILE]
+            present = [f for f in scan_files(bundle) if f != SIGNATURE_FILE]
         elif not str(e).startswith("Signature mismatch"):
             raise _bad_signature() from e
         raise _diagnose(bundle, present, signed_digests(bundle)) from e
@@ -354,10 +237,10 @@ def verify_signature_partial(bundle: Path, public_key: Path, *, optional: Callab
     if not os.path.lexists(sig):
         raise VerificationError("model.sig: the bundle is not signed", _UNSIGNED_HINT,
                                 path=SIGNATURE_FILE, exit_code=3)
-    present = [f for f in _scan(bundle) if f != SIGNATURE_FILE]  # links first (exit 8)
+    present = [f for f in scan_files(bundle) if f != SIGNATURE_FILE]  # links first (exit 8)
     if not sig.is_file():
         raise _bad_signature("not a regular file")
-    _load_public_key(Path(public_key))
+    load_public_key(Path(public_key))
     try:
         signed = _signed_manifest(sig, Path(public_key))
     except OSError as e:

@@ -6,11 +6,12 @@ import dataclasses
 
 import pytest
 
-from edgetune.accuracy import chat_messages, task_accuracy
+from edgetune.accuracy import task_accuracy
+from edgetune.conversations import prompt_messages
 from edgetune.artifacts import GgufModel
 from edgetune.data import load_qa, split_qa
 from edgetune.demo import DEMO_DATA, SYSTEM_PROMPT
-from edgetune.rewards import REASONING, answers_match, extract_answer
+from edgetune.training.rewards import REASONING, answers_match, extract_answer
 
 MAX_TOKENS = 64
 
@@ -39,7 +40,7 @@ def test_llama_cpp_answers_match_transformers_answers(demo_build, held_out, f16_
     model = load_causal_lm(out / "merged").eval()
     hf_wrong = set()
     for row in held_out:
-        ids = tokenizer.apply_chat_template(chat_messages(row, SYSTEM_PROMPT), add_generation_prompt=True,
+        ids = tokenizer.apply_chat_template(prompt_messages(SYSTEM_PROMPT, row), add_generation_prompt=True,
                                             return_tensors="pt", return_dict=True)["input_ids"]
         with torch.no_grad():
             generated = model.generate(ids, max_new_tokens=MAX_TOKENS, do_sample=False,

@@ -39,7 +39,8 @@ from edgetune.errors import (
     OutputExistsError,
     VerificationError,
 )
-from edgetune.signing import SIGNATURE_FILE, generate_keypair, key_id_of, sign_bundle
+from edgetune.signing import SIGNATURE_FILE, sign_bundle
+from edgetune.keys import generate_keypair, key_id_of
 
 QUANTS = ("Q4_K_M", "Q5_K_M", "Q8_0")
 GGUFS = [f"edgetune-demo-{q}.gguf" for q in QUANTS]
@@ -78,7 +79,7 @@ def _info(**changes) -> BundleInfo:
     return BundleInfo(**fields)
 
 
-# the shape of a GRPO training_log.jsonl (edgetune.train): settings, steps, a health warning
+# the shape of a GRPO training_log.jsonl (edgetune.training.trainer): settings, steps, a health warning
 LOG = ({"step": 0, "event": "config", "method": "grpo", "backend": "trl", "device": "cpu",
         "loss_type": "dapo", "beta": 0.0},
        *({"step": s, "loss": 0.01 * s, "reward": 1.0 + 0.25 * s, "rewards/format/mean": 0.5,

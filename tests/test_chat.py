@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from edgetune import chat as chat_lib
 from edgetune.cli import _Cli, cli
-from edgetune.cli_chat import chat, compare
+from edgetune.cli.chat import chat, compare
 from edgetune.errors import ConfigError, DataError, ModelError
 
 PROMPTS = ["Which is larger, 9.9 or 9.11?", "It is 3 degrees and drops by 8. What is it now?"]
@@ -115,7 +115,7 @@ def test_chat_verifies_with_key_and_picks_the_quant(demo_build, bundle):
 
 
 def test_chat_with_the_wrong_key_exits_with_the_verifiers_code(bundle, tmp_path):
-    from edgetune.signing import generate_keypair
+    from edgetune.keys import generate_keypair
 
     other = generate_keypair(tmp_path / "keys", "other", None).public_key
     result = _run("chat", bundle, "--key", other, input=PROMPTS[0] + "\n")
@@ -148,7 +148,7 @@ def test_chat_unknown_quant_lists_the_available_ones(bundle, manifest):
 
 
 def test_chat_interactive_shows_the_greeting_and_ends_on_exit(bundle, manifest, monkeypatch):
-    monkeypatch.setattr("edgetune.cli_chat._stdin_is_tty", lambda: True)
+    monkeypatch.setattr("edgetune.cli.chat._stdin_is_tty", lambda: True)
     result = _run("chat", bundle, "--max-tokens", "4", input=f"{PROMPTS[0]}\n/exit\nnot read\n")
     assert result.exit_code == 0, result.output
     name, greeting = manifest["persona"]["name"], manifest["persona"]["greeting"]
@@ -158,7 +158,7 @@ def test_chat_interactive_shows_the_greeting_and_ends_on_exit(bundle, manifest, 
 
 @pytest.mark.parametrize("stop", [KeyboardInterrupt, EOFError])
 def test_chat_interactive_ctrl_c_and_eof_end_cleanly(bundle, monkeypatch, stop):
-    monkeypatch.setattr("edgetune.cli_chat._stdin_is_tty", lambda: True)
+    monkeypatch.setattr("edgetune.cli.chat._stdin_is_tty", lambda: True)
 
     def interrupted(_prompt=""):
         raise stop

@@ -23,7 +23,8 @@ from edgetune import __version__
 from edgetune.bundle import BundleInfo, BundleModel, build_bundle
 from edgetune.cli import cli
 from edgetune.errors import DataError, EdgetuneError
-from edgetune.signing import SIGNATURE_FILE, generate_keypair, key_id_of
+from edgetune.signing import SIGNATURE_FILE
+from edgetune.keys import generate_keypair, key_id_of
 
 REPO = Path(__file__).resolve().parents[1]
 QUANTS = ("Q4_K_M", "Q8_0")

@@ -1,4 +1,4 @@
-"""Multi-GPU training (edgetune.distributed): plans and refusals, the accelerate config, and the
+"""Multi-GPU training (edgetune.training.distributed): plans and refusals, the accelerate config, and the
 real multi-process path on CPU.
 
 CI has no GPU, and ``accelerate launch`` starts several processes only for GPUs (its multi-CPU
@@ -21,12 +21,14 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from edgetune import distributed
+from edgetune.training import distributed
 from edgetune.cli import cli
 from edgetune.data import QARow
-from edgetune.distributed import LaunchPlan, accelerate_config, plan_launch
+from edgetune.training.distributed import LaunchPlan, accelerate_config, plan_launch
 from edgetune.errors import ConfigError
-from edgetune.train import LOG_FILE, TrainConfig, TrainingInterrupted, checkpoint_dir, train
+from edgetune.training.checkpoints import checkpoint_dir
+from edgetune.training.config import LOG_FILE, TrainConfig, TrainingInterrupted
+from edgetune.training.trainer import train
 
 ROWS = tuple(QARow(question=f"What is {i} plus {i * 3}?", answer=str(i * 4), reasoning=None,
                    source=f"qa.jsonl:{i}") for i in range(1, 9))
@@ -124,7 +126,7 @@ def test_zero3_config(tmp_path):
 def test_launch_command_runs_our_worker_module():
     command = distributed.launch_command(Path("c.yaml"), Path("s.json"))
     assert command[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
-    assert command[3:] == ["--config_file", "c.yaml", "-m", "edgetune.distributed", "s.json"]
+    assert command[3:] == ["--config_file", "c.yaml", "-m", "edgetune.training.worker", "s.json"]
 
 
 # --------------------------------------------------------------------------- two real processes
@@ -138,7 +140,7 @@ def two_processes_on_cpu(monkeypatch):
     def torchrun(config_file: Path, spec_file: Path) -> list[str]:
         port = yaml.safe_load(config_file.read_text())["main_process_port"]
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                "--master_port", str(port), "-m", "edgetune.distributed", str(spec_file)]
+                "--master_port", str(port), "-m", "edgetune.training.worker", str(spec_file)]
 
     monkeypatch.setattr(distributed, "launch_command", torchrun)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

@@ -14,11 +14,11 @@ from huggingface_hub import HfApi
 from edgetune import followers as fl
 from edgetune import hub as hub_module
 from edgetune.bundle import GATED_EMAIL_FIELD, BundleModel, build_bundle
-from edgetune.cli_followers import followers
+from edgetune.cli.followers import followers
 from edgetune.errors import DataError
 from edgetune.licences import verify_licence
 from edgetune.payments import read_payments
-from edgetune.signing import generate_keypair
+from edgetune.keys import generate_keypair
 from tests.test_bundle import _gguf, _info
 
 HANDLE = r"/user-access-request/handle$"

@@ -19,7 +19,9 @@ if torch.cuda.is_available() and not os.environ.get("EDGETUNE_NO_UNSLOTH"):
 
 from edgetune.artifacts import Adapter
 from edgetune.data import QARow
-from edgetune.train import TrainConfig, TrainingInterrupted, checkpoint_dir, train
+from edgetune.training.checkpoints import checkpoint_dir
+from edgetune.training.config import TrainConfig, TrainingInterrupted
+from edgetune.training.trainer import train
 
 pytestmark = pytest.mark.gpu
 
@@ -55,7 +57,7 @@ def _trl_reference(base, out):
 
     code = (
         "import sys; from pathlib import Path; sys.path.insert(0, '.');"
-        "from tests.test_gpu import ROWS, _config; from edgetune.train import train;"
+        "from tests.test_gpu import ROWS, _config; from edgetune.training.trainer import train;"
         f"train({str(base)!r}, ROWS, _config(backend='trl'), Path({str(out)!r}))")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "EDGETUNE_NO_UNSLOTH": "1"})
     return out
@@ -126,7 +128,7 @@ def test_unsloth_ctrl_c_then_resume(tiny_model_factory, tmp_path):
 
 def test_vram_check_refuses_what_cannot_fit(tiny_model_factory, tmp_path):
     from edgetune.errors import ConfigError
-    from edgetune.vram import gpu_memory
+    from edgetune.training.vram import gpu_memory
 
     free, total = gpu_memory()
     assert 0 < free <= total
@@ -140,7 +142,7 @@ def test_vram_check_refuses_what_cannot_fit(tiny_model_factory, tmp_path):
 
 def test_auto_backend_follows_the_benchmark(tiny_model_factory):
     """16-bit fits: TRL with compiled generation (fastest); 4-bit asked: Unsloth (least memory)."""
-    from edgetune.backends import TrlBackend, UnslothBackend, select_backend
+    from edgetune.training.backends import TrlBackend, UnslothBackend, select_backend
 
     base = tiny_model_factory("llama")
     assert isinstance(select_backend("auto", base, _config()), TrlBackend)

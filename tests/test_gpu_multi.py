@@ -1,4 +1,4 @@
-"""Training on two GPUs (edgetune.distributed through accelerate launch). Marked gpu: skipped
+"""Training on two GPUs (edgetune.training.distributed through accelerate launch). Marked gpu: skipped
 without CUDA, and skipped with fewer than two GPUs.
 
 Run on a machine with two GPUs (benchmarks/README.md says how the wheels travel):
@@ -14,9 +14,11 @@ import time
 import pytest
 import torch
 
-from edgetune import distributed
+from edgetune.training import distributed
 from edgetune.data import QARow
-from edgetune.train import LOG_FILE, TrainConfig, TrainingInterrupted, checkpoint_dir, train
+from edgetune.training.checkpoints import checkpoint_dir
+from edgetune.training.config import LOG_FILE, TrainConfig, TrainingInterrupted
+from edgetune.training.trainer import train
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")]

@@ -1,10 +1,10 @@
-"""Tests for edgetune.health: warnings about a GRPO run that is not learning."""
+"""Tests for edgetune.training.health: warnings about a GRPO run that is not learning."""
 
 from __future__ import annotations
 
 import pytest
 
-from edgetune.health import FORMAT_REWARDS, HealthWarning, TrainingHealth
+from edgetune.training.health import FORMAT_REWARDS, HealthWarning, TrainingHealth
 
 HEALTHY = {
     "reward": 1.2, "reward_std": 0.6, "frac_reward_zero_std": 0.25,

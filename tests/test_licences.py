@@ -31,7 +31,7 @@ from edgetune.licences import (
     verify_licence,
     write_licence,
 )
-from edgetune.signing import generate_keypair, key_id_of
+from edgetune.keys import generate_keypair, key_id_of
 
 BUNDLE = {"bundle_id": "ada-coach", "bundle_version": "1.2.0"}
 NOW = datetime(2026, 6, 1, 12, 0, 0, tzinfo=timezone.utc)

@@ -102,7 +102,8 @@ def test_rebuild_with_nothing_changed_reuses_every_stage(demo_build, demo_base):
 def test_merge_refuses_an_adapter_that_changed_nothing(demo_base, tmp_path):
     from edgetune.demo import DEMO_DATA, SYSTEM_PROMPT
     from edgetune.merge import merge
-    from edgetune.train import TrainConfig, train
+    from edgetune.training.config import TrainConfig
+    from edgetune.training.trainer import train
 
     rows = split_qa(load_qa(DEMO_DATA).rows).train[:8]
     adapter = train(str(demo_base), rows,

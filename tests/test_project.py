@@ -20,11 +20,11 @@ from click.testing import CliRunner
 
 from edgetune.cli import cli
 from edgetune.errors import ConfigError, EdgetuneError
-from edgetune.pipeline import Project, demo_project
+from edgetune.project import Project, demo_project
 from edgetune.profiles import available_profiles
 from edgetune.project import (DEFAULT_LICENSE_TERMS, PROJECT_FILE, TEMPLATES, Publish, init_project,
                               load_project, schema)
-from edgetune.train import TrainConfig
+from edgetune.training.config import TrainConfig
 
 
 @pytest.fixture(autouse=True)

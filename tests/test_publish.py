@@ -16,7 +16,7 @@ from edgetune import hub as hubmod
 from edgetune.bundle import BundleModel, build_bundle, verify_bundle
 from edgetune.cli import cli
 from edgetune.licences import issue_for_bundle, write_licence
-from edgetune.signing import generate_keypair
+from edgetune.keys import generate_keypair
 from tests.test_bundle import QUANTS, _gguf, _info
 
 REPO = "alice/coach"

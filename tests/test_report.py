@@ -17,7 +17,8 @@ import pytest
 
 from edgetune.errors import ModelError
 from edgetune.gguf_eval import read_gguf, render_chat
-from edgetune.pipeline import held_out_messages, held_out_rows
+from edgetune.conversations import conversation
+from edgetune.pipeline import held_out_rows
 from edgetune.report import (
     html_report,
     markdown_table,
@@ -187,7 +188,7 @@ CONFIG = {"step": 0, "event": "config", "method": "grpo", "backend": "trl", "dev
 
 
 def _log(correctness=(0.0, 0.25, 0.5, 0.5), warn_at: int | None = 3) -> list[dict]:
-    """A GRPO training_log.jsonl as edgetune.train writes it (fewer metrics per step)."""
+    """A GRPO training_log.jsonl as edgetune.training.trainer writes it (fewer metrics per step)."""
     rows = [dict(CONFIG)]
     for step, c in enumerate(correctness, 1):
         rows.append({"step": step, "loss": 0.01, "reward": 1.0 + c, "reward_std": 0.3,
@@ -451,7 +452,8 @@ def test_held_out_text_through_the_gguf_template_is_what_build_evaluates(demo_bu
     """`edgetune eval` renders the chat template from the GGUF; build renders it with
     transformers from the merged model. Same text, so the same figures."""
     from edgetune.hf import load_tokenizer
-    from edgetune.pipeline import _chat_text, demo_project
+    from edgetune.conversations import conversation_text
+    from edgetune.project import demo_project
 
     out, _, _ = demo_build
     project = demo_project()
@@ -459,5 +461,5 @@ def test_held_out_text_through_the_gguf_template_is_what_build_evaluates(demo_bu
     tokenizer = load_tokenizer(out / "merged")
     model = read_gguf(out / "gguf" / "edgetune-demo-F16.gguf")
     for row in rows:
-        assert render_chat(model, held_out_messages(project.system_prompt, row)) == \
-            _chat_text(tokenizer, project, row)
+        assert render_chat(model, conversation(project.system_prompt, row)) == \
+            conversation_text(tokenizer, project.system_prompt, row)

@@ -1,4 +1,4 @@
-"""Tests for edgetune.rewards: the fixed GRPO reward functions."""
+"""Tests for edgetune.training.rewards: the fixed GRPO reward functions."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from edgetune.rewards import (
+from edgetune.training.rewards import (
     ANSWER_FORMATS,
     R1,
     REASONING,

@@ -13,14 +13,8 @@ from pathlib import Path
 import pytest
 
 from edgetune.errors import KeyFileError, VerificationError
-from edgetune.signing import (
-    SIGNATURE_FILE,
-    generate_keypair,
-    key_id_of,
-    sign_bundle,
-    signed_digests,
-    verify_signature,
-)
+from edgetune.signing import SIGNATURE_FILE, sign_bundle, signed_digests, verify_signature
+from edgetune.keys import generate_keypair, key_id_of
 
 BIG = "model-q4.gguf"
 FILES = ["edgetune.json", "README.md", BIG, "personas/coach.json", "personas/deep/tutor.txt"]

@@ -25,14 +25,16 @@ from safetensors.torch import load_file
 
 from edgetune import hf
 from edgetune.artifacts import Adapter
-from edgetune.backends import TrlBackend, select_backend
+from edgetune.training.backends import TrlBackend, select_backend
 from edgetune.cli import cli
 from edgetune.data import QARow
 from edgetune.errors import ConfigError, ModelError, OutputExistsError
 from edgetune.merge import merge
 from edgetune.sft_data import load_sft
 from edgetune.tinymodel import pretrain
-from edgetune.train import LOG_FILE, TrainConfig, TrainingInterrupted, checkpoint_dir, train
+from edgetune.training.checkpoints import checkpoint_dir
+from edgetune.training.config import LOG_FILE, TrainConfig, TrainingInterrupted
+from edgetune.training.trainer import train
 
 ROWS = tuple(QARow(question=f"What is {i} plus {i * 3}?", answer=str(i * 4), reasoning=None,
                    source=f"qa.jsonl:{i}") for i in range(1, 7))
@@ -489,7 +491,7 @@ def test_cli_json_stdout_survives_libraries_that_print(tmp_path, monkeypatch):
     tests/test_gpu.py). Whatever a stage prints must land on stderr."""
     from click.testing import CliRunner
 
-    import edgetune.train as train_module
+    import edgetune.training.trainer as train_module
     from edgetune.artifacts import Adapter
     from edgetune.cli import cli
 

@@ -1,4 +1,4 @@
-"""Tests for edgetune.vram: the peak-memory estimate and the refusal before a run."""
+"""Tests for edgetune.training.vram: the peak-memory estimate and the refusal before a run."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 import pytest
 
 from edgetune.errors import ConfigError, EdgetuneError
-from edgetune.vram import GIB, ModelShape, check_fits, estimate_vram, gpu_memory
+from edgetune.training.vram import GIB, ModelShape, check_fits, estimate_vram, gpu_memory
 
 # The published configs (the keys that matter), with their published parameter counts.
 QWEN25_1_5B = dict(model_type="qwen2", hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
@@ -204,5 +204,5 @@ def test_module_imports_without_torch():
     import subprocess
     import sys
 
-    code = "import sys, edgetune.vram, edgetune.health; assert 'torch' not in sys.modules"
+    code = "import sys, edgetune.training.vram, edgetune.training.health; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -7,8 +7,10 @@ GSM8K-style questions (``data/questions.jsonl``, regenerated deterministically b
 
 from pathlib import Path
 
+from edgetune import resources
+
 DEMO_DIR = Path(__file__).parent
-DEMO_DATA = DEMO_DIR / "data" / "questions.jsonl"
+DEMO_DATA = resources.demo_data()
 DEMO_NAME = "edgetune-demo"
 SYSTEM_PROMPT = (
     "You are a careful assistant that solves short math and reasoning questions. "

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from edgetune import paths
 from edgetune.artifacts import atomic_dir
-from edgetune.data import QARow, load_qa, split_qa
+from edgetune.conversations import conversation, formatted_answer
+from edgetune.data import load_qa, split_qa
 from edgetune.demo import DEMO_DATA, SYSTEM_PROMPT
 from edgetune.tinymodel import TinySpec, build_tiny_model, pretrain
 
@@ -22,17 +23,6 @@ RECIPE_VERSION = 1
 SPEC = TinySpec(family="llama", vocab_size=512, hidden_size=256, intermediate_size=512,
                 num_layers=2, num_heads=4, num_kv_heads=2, context_length=1024, seed=0)
 PRETRAIN_STEPS = 200
-
-
-def formatted_answer(row: QARow) -> str:
-    reasoning = row.reasoning or row.answer
-    return f"<reasoning>\n{reasoning}\n</reasoning>\n<answer>\n{row.answer}\n</answer>"
-
-
-def conversation(row: QARow, system_prompt: str = SYSTEM_PROMPT) -> list[dict]:
-    return [{"role": "system", "content": system_prompt},
-            {"role": "user", "content": row.question},
-            {"role": "assistant", "content": formatted_answer(row)}]
 
 
 def demo_base_model(*, cache: Path | None = None,
@@ -47,7 +37,7 @@ def demo_base_model(*, cache: Path | None = None,
     with atomic_dir(target, overwrite=True) as scratch:
         texts = [f"{SYSTEM_PROMPT}\n{r.question}\n{formatted_answer(r)}" for r in rows]
         model, tokenizer = build_tiny_model(scratch, texts, SPEC)
-        chats = [tokenizer.apply_chat_template(conversation(r), tokenize=False) for r in rows]
+        chats = [tokenizer.apply_chat_template(conversation(SYSTEM_PROMPT, r), tokenize=False) for r in rows]
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # bit-for-bit reproducible on any machine
         try:

@@ -1,197 +1,23 @@
-"""train: GRPO (or an SFT warm start) on the creator's data, producing a LoRA adapter.
+"""The training loop of one process: load the model through a backend, build TRL's trainer,
+relay its steps, stop cleanly on Ctrl-C.
 
-The engine is TRL's trainers; a backend (``edgetune.backends``) only loads the model with its
-LoRA: Unsloth on NVIDIA GPUs, plain transformers + PEFT anywhere else. Everything around the
-trainer lives here and is the same for both, so a GPU run and a CPU run leave the same layout:
-
-    <out>/                      the finished adapter (written atomically at the end)
-        adapter_model.safetensors, adapter_config.json, training_log.jsonl, artifact.json
-    <out>.checkpoints/          while training: run.json and checkpoint-N (model, optimizer,
-                                scheduler, RNG), removed once the adapter is in place
-
-``resume=True`` continues from the newest complete checkpoint with its optimizer, scheduler
-and RNG state; Ctrl-C asks the trainer to save a checkpoint at the end of the current step.
+``run_trainer`` is shared by a one-process run (``trainer.train``) and by every process of a
+multi-GPU run (``distributed``), so both leave the same log and adapter.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
 import os
 import time
-import shutil
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edgetune import hf
-from edgetune.artifacts import Adapter, atomic_dir
-from edgetune.checkpoints import (
-    StopOnSignal,
-    checkpoint_dir,
-    checkpoint_step,
-    data_digest,
-    last_checkpoint,
-    prepare_work_dir,
-    truncate_log,
-)
-from edgetune.errors import ConfigError, EdgetuneError, OutputExistsError
-from edgetune.rewards import ANSWER_FORMATS, REWARD_NAMES, rewards_by_name
-
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-LOG_FILE = "training_log.jsonl"
-METHODS = ("grpo", "sft")
-@dataclass(frozen=True)
-class TrainConfig:
-    """Training settings. Defaults suit the CPU demo; the README lists settings for 1.5B-3B models."""
-
-    method: str = "grpo"
-    steps: int = 30
-    num_generations: int = 4
-    prompts_per_step: int = 2
-    gradient_accumulation_steps: int = 1
-    max_prompt_length: int = 256
-    max_completion_length: int = 64
-    learning_rate: float = 5e-4
-    lora_r: int = 16
-    lora_alpha: int = 32
-    temperature: float = 1.0
-    seed: int = 0
-    rewards: tuple[str, ...] = REWARD_NAMES
-    answer_format: str = "reasoning"
-    system_prompt: str = ""
-    backend: str = "auto"
-    base_bits: int | None = None  # 4 or 16; None: 16 when it fits the GPU, else 4
-    checkpoint_every: int = 50
-    sft_batch_size: int = 4
-    max_seq_length: int = 1024  # SFT: longer examples are truncated
-    # GRPO with the TRL backend on CUDA: decode with a static KV cache and a CUDA-graphed forward
-    # (torch.compile). None: on where it applies. See _compile_generation.
-    compile_generation: bool | None = None
-    # GPUs of this machine to train on. 1: in this process. More: the same run through
-    # `accelerate launch` (edgetune.distributed); each GPU takes prompts_per_step prompts.
-    gpus: int = 1
-
-    def validate(self) -> None:
-        problems = []
-        if self.method not in METHODS:
-            problems.append(f"method must be one of {', '.join(METHODS)}, not '{self.method}'")
-        if self.steps < 1:
-            problems.append("steps must be at least 1")
-        if self.num_generations < 2:
-            problems.append("num_generations must be at least 2 (GRPO compares completions)")
-        if self.prompts_per_step < 1:
-            problems.append("prompts_per_step must be at least 1")
-        if self.gradient_accumulation_steps < 1:
-            problems.append("gradient_accumulation_steps must be at least 1")
-        if self.max_completion_length < 8:
-            problems.append("max_completion_length must be at least 8")
-        if self.base_bits not in (None, 4, 16):
-            problems.append(f"base_bits must be 4 or 16, not {self.base_bits}")
-        if self.gpus < 1:
-            problems.append("gpus must be at least 1")
-        if self.checkpoint_every < 0:
-            problems.append("checkpoint_every must be 0 (never) or more")
-        if self.answer_format not in ANSWER_FORMATS:
-            problems.append(f"answer_format must be one of {', '.join(ANSWER_FORMATS)}")
-        unknown = [r for r in self.rewards if r not in REWARD_NAMES]
-        if unknown:
-            problems.append(f"unknown reward {', '.join(unknown)} (choose from {', '.join(REWARD_NAMES)})")
-        if problems:
-            raise ConfigError("invalid training settings: " + "; ".join(problems),
-                              hint="fix the values in the train section or on the command line")
-
-    def fingerprint(self) -> dict:
-        """The settings a resumed run must share with the run it continues (steps may grow)."""
-        data = dataclasses.asdict(self)
-        for free in ("steps", "backend", "checkpoint_every", "compile_generation", "gpus"):
-            data.pop(free)
-        data["rewards"] = list(self.rewards)
-        return data
-
-
-@dataclass(frozen=True)
-class StepLog:
-    step: int
-    total: int
-    metrics: dict = field(default_factory=dict)
-
-
-class TrainingInterrupted(EdgetuneError):
-    """Ctrl-C during training: a checkpoint was saved (or there was nothing to save yet)."""
-
-    exit_code = 130
-
-
-def train(base_model: str, data: Sequence[Any], config: TrainConfig, out: Path, *,
-          init_adapter: Path | None = None, resume: bool = False, overwrite: bool = False,
-          on_step: Callable[[StepLog], None] | None = None,
-          on_note: Callable[[str], None] | None = None,
-          trainer_overrides: dict | None = None) -> Adapter:
-    """Train a LoRA adapter on ``data`` and write it, with its training log, to ``out``.
-
-    ``data`` holds QARow for GRPO and SftExample for SFT. ``init_adapter`` continues training an
-    existing adapter (GRPO after an SFT warm start). ``trainer_overrides`` go straight into the
-    TRL config (benchmarks use it to try generation settings).
-    """
-    from edgetune.backends import select_backend
-
-    config.validate()
-    if not data:
-        raise ConfigError("no training rows", hint="check the dataset and the eval split")
-    out = Path(out)
-    note = on_note or (lambda _msg: None)
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out} already exists", hint="choose another output or pass --overwrite")
-    base = hf.resolve_model(base_model)
-    hf.architecture(base)
-    hf.refuse_prequantized(base)
-    from edgetune import distributed
-
-    plan = None
-    if config.gpus > 1:
-        plan = distributed.plan_for(config, base, on_note=note)  # refuses what cannot work
-    elif (gpus := distributed.visible_gpus()) > 1:
-        note(f"this machine has {gpus} GPUs; training on the first (--gpus {gpus} uses them all)")
-    backend = select_backend("trl" if plan else config.backend, base, config)
-
-    work = checkpoint_dir(out)
-    resume_from = prepare_work_dir(work, base, config, init_adapter, data_digest(data),
-                                    resume=resume, overwrite=overwrite)
-    if resume_from is not None:
-        note(f"resuming from {resume_from.name}")
-    log_path = work / LOG_FILE
-    truncate_log(log_path, checkpoint_step(resume_from))
-
-    def log(entry: dict) -> None:
-        with log_path.open("a") as fh:
-            fh.write(json.dumps(entry) + "\n")
-
-    if plan is not None:
-        effective = distributed.run(plan, work=work, base=base, data=data, config=config,
-                                    init_adapter=init_adapter, resume_from=resume_from,
-                                    overrides=trainer_overrides or {}, on_step=on_step, note=note)
-        save = functools.partial(distributed.copy_adapter, work / distributed.FINAL_DIR)
-    else:
-        effective, trainer = _run_trainer(backend, base, data, config, work, init_adapter,
-                                          resume_from, log, on_step, note, trainer_overrides or {})
-        save = trainer.model.save_pretrained
-    with atomic_dir(out, overwrite=overwrite) as scratch:
-        save(scratch)
-        shutil.copyfile(log_path, scratch / LOG_FILE)
-        artifact = Adapter(path=scratch, base_model=str(base), method=config.method,
-                           backend=backend.name, steps=config.steps, log_file=LOG_FILE,
-                           effective_config=effective)
-        artifact.save()
-    shutil.rmtree(work, ignore_errors=True)
-    return dataclasses.replace(artifact, path=out)
-
-
-def grpo_prompt(row, system_prompt: str) -> list[dict]:
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return messages + [{"role": "user", "content": row.question}]
+from edgetune.conversations import prompt_messages
+from edgetune.training.checkpoints import StopOnSignal, last_checkpoint
+from edgetune.training.config import StepLog, TrainConfig, TrainingInterrupted
+from edgetune.training.rewards import ANSWER_FORMATS, rewards_by_name
 
 
 def _dataset(config: TrainConfig, data: Sequence[Any]):
@@ -202,7 +28,7 @@ def _dataset(config: TrainConfig, data: Sequence[Any]):
 
         return Dataset.from_list([to_prompt_completion(e) for e in data])
     return Dataset.from_list(
-        [{"prompt": grpo_prompt(r, config.system_prompt), "answer": r.answer} for r in data])
+        [{"prompt": prompt_messages(config.system_prompt, r), "answer": r.answer} for r in data])
 
 
 def _trainer_args(config: TrainConfig, work: Path, *, cuda: bool, bf16: bool, overrides: dict):
@@ -220,7 +46,7 @@ def _trainer_args(config: TrainConfig, work: Path, *, cuda: bool, bf16: bool, ov
         use_cpu=not cuda,
         bf16=bf16,
         disable_tqdm=True,
-        # Several GPUs (edgetune.distributed): every LoRA weight gets a gradient each step, so
+        # Several GPUs (edgetune.training.distributed): every LoRA weight gets a gradient each step, so
         # DDP need not search the graph for unused ones (the Trainer's default for a PeftModel).
         ddp_find_unused_parameters=False,
     )
@@ -242,16 +68,16 @@ def _one_gpu_per_process(args):
     """Train on cuda:0 alone when one process sees several GPUs (``--gpus 1`` on a multi-GPU
     machine). The Trainer would otherwise wrap the model in nn.DataParallel, which TRL's GRPO
     refuses; transformers sets ``_n_gpu`` the same way for models split with device_map.
-    ``--gpus N`` is how to use the others (one process per GPU, edgetune.distributed)."""
+    ``--gpus N`` is how to use the others (one process per GPU, edgetune.training.distributed)."""
     if args.n_gpu > 1:
         args._n_gpu = 1
     return args
 
 
-def _run_trainer(backend, base, data, config, work, init_adapter, resume_from, log, on_step, note,
+def run_trainer(backend, base, data, config, work, init_adapter, resume_from, log, on_step, note,
                  overrides, *, strategy: str = "single"):
     """Load, train, return ``(effective settings, trainer)``. In one process, or in each process
-    of a multi-GPU run (``strategy`` "ddp" or "zero3", edgetune.distributed), where ``log`` and
+    of a multi-GPU run (``strategy`` "ddp" or "zero3", edgetune.training.distributed), where ``log`` and
     ``note`` write only in process 0 and ``on_step`` is None."""
     loaded = backend.load(base, config, init_adapter=init_adapter, on_note=note)
     # TRL after the backend: Unsloth must be imported before TRL to patch its trainers.
@@ -259,7 +85,7 @@ def _run_trainer(backend, base, data, config, work, init_adapter, resume_from, l
     from transformers import TrainerCallback
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from edgetune.health import TrainingHealth
+    from edgetune.training.health import TrainingHealth
 
     torch.manual_seed(config.seed)
     cuda = torch.cuda.is_available()
@@ -283,7 +109,7 @@ def _run_trainer(backend, base, data, config, work, init_adapter, resume_from, l
             config.compile_generation
             or (config.compile_generation is None and backend.name == "trl"))
         if compiled:
-            _compile_generation(trainer, config)
+            compile_generation(trainer, config)
 
     effective = effective_config(trainer.args, config, backend=backend.name, device=loaded.device,
                                  base_bits=loaded.base_bits)
@@ -363,7 +189,7 @@ class _StepStats:
             "device": torch.cuda.get_device_name() if self.cuda else "cpu"}))
 
 
-def _compile_generation(trainer, config: TrainConfig) -> None:
+def compile_generation(trainer, config: TrainConfig) -> None:
     """Generate with a static KV cache and a decode step compiled into CUDA graphs.
 
     Generation is ~90% of a GRPO step at 1.5B-3B, and eager decoding is bound by the host
@@ -408,5 +234,3 @@ def _plain(value):
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)
-
-

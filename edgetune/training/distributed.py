@@ -3,8 +3,8 @@
 edgetune does not distribute anything itself. ``train(..., config.gpus=N)`` prepares the run
 exactly as for one GPU (checkpoint folder, ``run.json``, resume point), writes an accelerate
 config and a spec of the run into ``<out>.checkpoints/launch/``, and starts
-``accelerate launch -m edgetune.distributed SPEC`` with N processes. Each process runs the same
-``edgetune.train._run_trainer`` on its GPU; the Trainer (through accelerate) shards the batches
+``accelerate launch -m edgetune.training.worker SPEC`` with N processes. Each process runs the same
+``edgetune.training.runner.run_trainer`` on its GPU; the Trainer (through accelerate) shards the batches
 and averages the LoRA gradients. Process 0 alone writes ``training_log.jsonl``, the checkpoints
 (the Trainer's own rule) and the final adapter, so the layout is the one-GPU layout and a run
 resumes on any number of GPUs.
@@ -20,7 +20,7 @@ Strategies:
 
 The parent process keeps the user's terminal: it shows progress by reading process 0's
 training log, turns Ctrl-C into a checkpoint on every GPU (the processes agree on the step to
-stop at, see ``edgetune.checkpoints.StopOnSignal``) and reports a failed process with the tail
+stop at, see ``edgetune.training.checkpoints.StopOnSignal``) and reports a failed process with the tail
 of its output (all of it in ``launch/launch.log``).
 """
 
@@ -41,9 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from edgetune.errors import ConfigError, EdgetuneError
+from edgetune.training.worker import FINAL_DIR  # where process 0 saves the adapter
 
 LAUNCH_DIR = "launch"
-FINAL_DIR = "final"  # process 0 saves the adapter here; train() moves it into place
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def plan_launch(config, *, backend: str, available: int, fits_one_gpu: bool | No
 
 def plan_for(config, base: Path, *, on_note: Callable[[str], None]) -> LaunchPlan:
     """``plan_launch`` for this machine's GPUs and ``base``'s size (the VRAM estimator's view)."""
-    from edgetune.vram import ModelShape, check_fits, gpu_memory
+    from edgetune.training.vram import ModelShape, check_fits, gpu_memory
 
     available = visible_gpus()
     fits = None
@@ -184,7 +184,7 @@ def free_port() -> int:
 
 def launch_command(config_file: Path, spec_file: Path) -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
-            "-m", "edgetune.distributed", str(spec_file)]
+            "-m", "edgetune.training.worker", str(spec_file)]
 
 
 # --- the parent: prepare, launch, follow ---------------------------------------------------------
@@ -226,7 +226,7 @@ def run(plan: LaunchPlan, *, work: Path, base: Path, data: Sequence[Any], config
     """Launch the processes, follow them, and return the effective settings process 0 used."""
     import yaml
 
-    from edgetune.train import LOG_FILE, StepLog, TrainingInterrupted
+    from edgetune.training.config import LOG_FILE, StepLog, TrainingInterrupted
 
     config_file, spec_file = write_launch_files(
         work, plan, base=base, data=data, config=config, init_adapter=init_adapter,
@@ -365,72 +365,6 @@ def _kill_group(proc: subprocess.Popen) -> None:
             pass
 
 
-# --- each training process ----------------------------------------------------------------------
-
-def _load_rows(kind: str, rows: list[dict]) -> list[Any]:
-    if kind == "QARow":
-        from edgetune.data import QARow
-
-        return [QARow(**r) for r in rows]
-    if kind == "SftExample":
-        from edgetune.sft_data import SftExample
-
-        return [SftExample(messages=tuple(r["messages"]), source=r["source"]) for r in rows]
-    raise ValueError(f"unknown row type {kind}")
-
-
-def worker(spec_file: Path) -> int:
-    """One training process under ``accelerate launch``; returns its exit code."""
-    spec = json.loads(Path(spec_file).read_text())
-    folder = Path(spec_file).parent
-    from edgetune.backends import select_backend
-    from edgetune.train import LOG_FILE, TrainConfig, TrainingInterrupted, _run_trainer
-
-    # From the launcher's environment: an accelerate state made here, before the Trainer makes
-    # its own, would fix the process group's device and backend too early.
-    rank = int(os.environ.get("RANK", "0"))
-    main = rank == 0
-    (folder / f"rank{rank}.pid").write_text(str(os.getpid()))
-    work = Path(spec["work"])
-    cfg = spec["config"]
-    config = TrainConfig(**{**cfg, "rewards": tuple(cfg["rewards"])})
-
-    def log(entry: dict) -> None:
-        if main:
-            with (work / LOG_FILE).open("a") as fh:
-                fh.write(json.dumps(entry) + "\n")
-
-    def note(message: str) -> None:
-        if main:
-            with (folder / "notes.jsonl").open("a") as fh:
-                fh.write(json.dumps({"note": message}) + "\n")
-
-    try:
-        backend = select_backend("trl")  # plan_launch refused Unsloth
-        # ZeRO-3: the base is split across the GPUs, so the one-GPU memory check does not apply.
-        backend.split_base = spec["strategy"] == "zero3"
-        effective, trainer = _run_trainer(
-            backend, Path(spec["base"]), _load_rows(spec["row_type"], spec["rows"]), config, work,
-            Path(spec["init_adapter"]) if spec["init_adapter"] else None,
-            Path(spec["resume_from"]) if spec["resume_from"] else None, log, None, note,
-            spec["overrides"], strategy=spec["strategy"])
-    except EdgetuneError as exc:
-        if main:
-            (folder / "error.json").write_text(json.dumps({
-                "message": exc.message, "hint": exc.hint, "exit_code": exc.exit_code,
-                "interrupted": isinstance(exc, TrainingInterrupted)}))
-        return exc.exit_code
-    final = work / FINAL_DIR
-    if spec["strategy"] == "zero3":
-        trainer.save_model(str(final))  # every process: the LoRA weights are gathered first
-    elif main:
-        trainer.model.save_pretrained(final)
-    if main:
-        (final / "effective.json").write_text(json.dumps(effective))
-    trainer.accelerator.wait_for_everyone()
-    return 0
-
-
 # What PeftModel.save_pretrained writes: the same files as a one-GPU run's adapter.
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
 
@@ -445,7 +379,3 @@ def copy_adapter(final: Path, target: Path) -> None:
     if not (target / "adapter_model.safetensors").is_file():
         raise EdgetuneError(f"the multi-GPU run left no adapter in {final}",
                             hint="run again; --gpus 1 trains the same run on one GPU")
-
-
-if __name__ == "__main__":
-    sys.exit(worker(Path(sys.argv[1])))

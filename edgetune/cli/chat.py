@@ -207,7 +207,7 @@ def compare(prompts, base, tuned, quant, system, max_tokens, as_json) -> None:
     from rich.text import Text
 
     from edgetune.chat import compare as run_compare, model_source, read_prompts
-    from edgetune.console import RichEvents, console, out
+    from edgetune.cli.console import RichEvents, console, out
 
     questions = read_prompts(prompts)
     base, tuned = model_source(base, quant), model_source(tuned, quant)  # errors before the view

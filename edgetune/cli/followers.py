@@ -13,8 +13,8 @@ from pathlib import Path
 
 import click
 
-from edgetune.cli_bundle import _passphrase_for
-from edgetune.cli_base import ErrorGroup
+from edgetune.cli.options import passphrase_for
+from edgetune.cli.base import ErrorGroup
 from edgetune.errors import EdgetuneError
 
 _FEW = 5  # more accepts than this get a progress bar
@@ -338,10 +338,10 @@ def sync_cmd(repo, token, as_json, paid, dry_run, reject_unpaid, reason, recheck
         payments = read_payments(paid)  # a bad CSV stops before any Hub call
         key = secret = None
         if licences_for is not None:  # and so does a bad key, passphrase or bundle
-            from edgetune.cli_bundle import _default_private_key
+            from edgetune.keys import default_private_key
 
-            key = private_key or _default_private_key()
-            secret = _passphrase_for(key)
+            key = private_key or default_private_key()
+            secret = passphrase_for(key)
             bundle_id, version = fl.check_licence_key(key, secret, licences_for)
             # one folder per release by default: a licence binds one exact version
             licences_dir = licences_dir or Path("licences") / f"{bundle_id}-{version}"

@@ -3,7 +3,7 @@
 ``unsloth`` (NVIDIA GPUs): FastLanguageModel, 4-bit or 16-bit base, Unsloth's patched TRL
 trainers (least memory). ``trl``: transformers + PEFT, runs anywhere (CPU included, TRL >= 1.16),
 optionally 4-bit through bitsandbytes on CUDA; on CUDA its GRPO generation runs with a static KV
-cache and CUDA graphs (``edgetune.train._compile_generation``).
+cache and CUDA graphs (``edgetune.training.runner.compile_generation``).
 
 ``auto`` follows the H100 measurements in benchmarks/results/grpo_gpu.json (completions/s,
 8 x 256 tokens, 1.5B / 3B): TRL with compiled generation 4.67 / 3.58, Unsloth 16-bit 1.33 / 1.22,
@@ -12,7 +12,7 @@ on a GPU where the 16-bit base fits, TRL with compiled generation; where only a 
 (or ``--base-bits 4`` is asked), Unsloth when installed (``pip install 'edgetune[gpu]'``),
 since it needs the least memory (1.8 / 2.9 GiB); on CPU, TRL.
 
-Both hand back the same thing; ``edgetune.train`` runs the trainer, so every backend leaves
+Both hand back the same thing; ``edgetune.training.trainer`` runs the trainer, so every backend leaves
 the same artifact layout.
 """
 
@@ -99,7 +99,7 @@ def preload_backend(name: str, base_model: str | None, config) -> None:
 
 def plan_base_bits(base: Path, config, on_note: Callable[[str], None]) -> int:
     """4 or 16: what was asked, or 16 when it fits this GPU and 4 otherwise; refuse what cannot fit."""
-    from edgetune.vram import ModelShape, check_fits, gpu_memory
+    from edgetune.training.vram import ModelShape, check_fits, gpu_memory
 
     memory = gpu_memory()
     if memory is None:
@@ -143,10 +143,10 @@ class TrlBackend:
         from peft import LoraConfig, PeftModel
         from transformers import AutoModelForCausalLM
 
-        from edgetune.train import LORA_TARGETS
+        from edgetune.training.config import LORA_TARGETS
 
         cuda = torch.cuda.is_available()
-        if self.split_base:  # ZeRO-3 (edgetune.distributed): the one-GPU check does not apply
+        if self.split_base:  # ZeRO-3 (edgetune.training.distributed): the one-GPU check does not apply
             bits = 16
         else:
             bits = plan_base_bits(base, config, on_note)
@@ -156,7 +156,7 @@ class TrlBackend:
         if bits == 4:
             from transformers import BitsAndBytesConfig
 
-            # This process's GPU: several run under accelerate (edgetune.distributed).
+            # This process's GPU: several run under accelerate (edgetune.training.distributed).
             device = int(os.environ.get("LOCAL_RANK", "0"))
             kwargs.update(device_map={"": device}, quantization_config=BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
@@ -190,7 +190,7 @@ class UnslothBackend:
         import unsloth
         from unsloth import FastLanguageModel
 
-        from edgetune.train import LORA_TARGETS
+        from edgetune.training.config import LORA_TARGETS
 
         bits = plan_base_bits(base, config, on_note)
         max_seq = (config.max_seq_length if config.method == "sft"

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from edgetune import __version__
-from edgetune.cli_base import ErrorGroup
+from edgetune.cli.base import ErrorGroup
 from edgetune.stages import STAGES
 
 
@@ -188,7 +188,7 @@ def build(config, targets, data, question_field, answer_field, base_model, name,
     """
     from rich.markup import escape
 
-    from edgetune.console import RichEvents, console, eval_table
+    from edgetune.cli.console import RichEvents, console, eval_table
     from edgetune.pipeline import build as run_build
     from edgetune.profiles import load_profile
     from edgetune.project import PROJECT_FILE, resolve_project
@@ -216,7 +216,7 @@ def build(config, targets, data, question_field, answer_field, base_model, name,
                                    per_target=per_target, from_stage=from_stage,
                                    to_stage=to_stage)
         except GateFailure as failure:
-            from edgetune.console import gate_table
+            from edgetune.cli.console import gate_table
 
             console.print(gate_table(failure))
             raise
@@ -336,11 +336,12 @@ def eval_cmd(f16, quants, target, data, all_rows, question_field, answer_field, 
           --system-prompt-file persona.txt --target phone-4gb --out coach-eval
       edgetune eval F16.gguf Q4_K_M.gguf --data held-out.jsonl --all-rows --json
     """
-    from edgetune.console import RichEvents, console, eval_table, gate_table
+    from edgetune.cli.console import RichEvents, console, eval_table, gate_table
     from edgetune.data import Columns
     from edgetune.gates import GateFailure
     from edgetune.gguf_eval import evaluate_ggufs
-    from edgetune.pipeline import demo_project, held_out_rows
+    from edgetune.pipeline import held_out_rows
+    from edgetune.project import demo_project
     from edgetune.profiles import load_profile
 
     if all_rows and data is None:
@@ -407,10 +408,12 @@ def train_cmd(method, data, sft_format, question_field, answer_field, base_model
     """
     import dataclasses
 
-    from edgetune.console import RichEvents, console
+    from edgetune.cli.console import RichEvents, console
     from edgetune.data import Columns, load_qa, split_qa
-    from edgetune.pipeline import demo_project, step_detail
-    from edgetune.train import TrainConfig, train
+    from edgetune.events import step_detail
+    from edgetune.project import demo_project
+    from edgetune.training.config import TrainConfig
+    from edgetune.training.trainer import train
 
     demo = demo_project()
     system_prompt = system_prompt_file.read_text().strip() if system_prompt_file else (
@@ -429,7 +432,7 @@ def train_cmd(method, data, sft_format, question_field, answer_field, base_model
     else:
         loaded = load_qa(data or demo.data, Columns(question=question_field, answer=answer_field))
         rows = split_qa(loaded.rows, eval_fraction=demo.eval_fraction).train
-    from edgetune.backends import preload_backend
+    from edgetune.training.backends import preload_backend
 
     preload_backend(config.backend, base_model, config)  # Unsloth loads before transformers
     with RichEvents() as events, _stdout_for_results():
@@ -482,10 +485,10 @@ def targets() -> None:
                    f"budget {p.memory_budget_mb:>6,} MiB  floor {floor:<10} {p.description}")
 
 
-from edgetune.cli_bundle import keys, license_group, sign, verify  # noqa: E402  (after cli)
-from edgetune.cli_chat import chat, compare  # noqa: E402
-from edgetune.cli_followers import followers  # noqa: E402
-from edgetune.cli_hub import publish, pull  # noqa: E402
+from edgetune.cli.bundle import keys, license_group, sign, verify  # noqa: E402  (after cli)
+from edgetune.cli.chat import chat, compare  # noqa: E402
+from edgetune.cli.followers import followers  # noqa: E402
+from edgetune.cli.hub import publish, pull  # noqa: E402
 
 for _command in (keys, verify, sign, license_group, chat, compare, publish, followers, pull):
     cli.add_command(_command)

@@ -1,5 +1,5 @@
 """Hugging Face commands: publish a bundle, pull one. A thin Click layer over
-``edgetune.publish`` and ``edgetune.pull``; ``followers`` lives in ``edgetune.cli_followers``."""
+``edgetune.publish`` and ``edgetune.pull``; ``followers`` lives in ``edgetune.cli.followers``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from edgetune.cli_bundle import _PRIVATE_KEY, _default_private_key, _passphrase_for
+from edgetune.cli.options import passphrase_for, private_key_option
+from edgetune.keys import default_private_key
 from edgetune.report import human_size
 
 _TOKEN = click.option("--token", default=None, metavar="TOKEN",
@@ -27,7 +28,7 @@ _TOKEN = click.option("--token", default=None, metavar="TOKEN",
 @click.option("--public", "access", flag_value="public", help="Anyone can download.")
 @click.option("--dry-run", is_flag=True,
               help="Print the files that would be uploaded and the model card; change nothing.")
-@_PRIVATE_KEY
+@private_key_option
 @click.option("--public-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The creator's public key. Default: the .pub beside --key.")
 @_TOKEN
@@ -46,7 +47,7 @@ def publish(bundle, repo, access, dry_run, private_key, public_key, token, as_js
       edgetune publish edgetune-out/bundle --repo coach-ada/marathon-coach --dry-run
     """
     from edgetune.bundle import read_manifest
-    from edgetune.console import console
+    from edgetune.cli.console import console
     from edgetune.publish import publish as run_publish
 
     manifest = read_manifest(Path(bundle).resolve())
@@ -55,8 +56,8 @@ def publish(bundle, repo, access, dry_run, private_key, public_key, token, as_js
     if not repo:
         raise click.UsageError("--repo USER/NAME is needed: the bundle was built for no repo")
     access = access or ("gated" if dist.get("gated") else "private")
-    private_key = private_key or _default_private_key()
-    passphrase = None if dry_run else _passphrase_for(private_key)
+    private_key = private_key or default_private_key()
+    passphrase = None if dry_run else passphrase_for(private_key)
     result = run_publish(bundle, repo, access=access, token=token, private_key=private_key,
                          passphrase=passphrase, public_key=public_key, dry_run=dry_run,
                          on_note=lambda m: console.print(f"[dim]{m}[/]", highlight=False))
@@ -109,7 +110,7 @@ def pull(target, key, licence, revocations, revision, out, overwrite, token, as_
       edgetune pull coach-ada/marathon-coach:Q4_K_M --key coach.pub --license ada.licence.json
       edgetune chat marathon-coach-Q4_K_M
     """
-    from edgetune.console import console
+    from edgetune.cli.console import console
     from edgetune.pull import pull as run_pull
 
     if revocations is not None and licence is None:

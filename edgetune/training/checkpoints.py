@@ -107,7 +107,7 @@ class StopOnSignal:
             control.should_training_stop = True
 
     def _agreed(self) -> bool:
-        """With several training processes (edgetune.distributed), stop when any of them was
+        """With several training processes (edgetune.training.distributed), stop when any of them was
         asked to: the signal reaches them at slightly different moments, and a process that
         stops alone would leave the others waiting for it forever."""
         if not _distributed():

@@ -13,33 +13,9 @@ from pathlib import Path
 
 import click
 
+from edgetune.cli.options import passphrase_for, private_key_option
 from edgetune.errors import EdgetuneError
-
-
-def _default_private_key() -> Path:
-    from edgetune import paths
-
-    return paths.keys_dir() / "edgetune.key"
-
-
-def _passphrase_for(private_key: Path) -> str | None:
-    """EDGETUNE_KEY_PASSPHRASE, else a prompt when the key file is encrypted. Never echoed."""
-    secret = os.environ.get("EDGETUNE_KEY_PASSPHRASE")
-    if secret:
-        return secret
-    try:
-        encrypted = b"ENCRYPTED" in Path(private_key).read_bytes()
-    except OSError:
-        return None  # the library reports the missing key with a hint
-    # On stderr: stdout may carry --json output.
-    return (click.prompt(f"Passphrase for {private_key}", hide_input=True, err=True)
-            if encrypted else None)
-
-
-_PRIVATE_KEY = click.option(
-    "--key", "private_key", type=click.Path(dir_okay=False, path_type=Path), default=None,
-    help="The creator's private key. Default: ~/.edgetune/keys/edgetune.key "
-         "(passphrase from EDGETUNE_KEY_PASSPHRASE, or asked for).")
+from edgetune.keys import default_private_key
 
 
 @click.group()
@@ -62,7 +38,7 @@ def keys_new(directory, name, passphrase, overwrite) -> None:
       edgetune keys new --dir keys --name coach
     """
     from edgetune import paths
-    from edgetune.signing import generate_keypair
+    from edgetune.keys import generate_keypair
 
     secret = None
     if passphrase:
@@ -133,7 +109,7 @@ def verify(bundle, public_key, licence, revocations, as_json) -> None:
 
 @click.command()
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@_PRIVATE_KEY
+@private_key_option
 def sign(bundle, private_key) -> None:
     """Sign a bundle again after editing it (model card, persona files, a GGUF).
 
@@ -146,8 +122,8 @@ def sign(bundle, private_key) -> None:
     """
     from edgetune.bundle import resign_bundle
 
-    key = private_key or _default_private_key()
-    result = resign_bundle(bundle, key, _passphrase_for(key))
+    key = private_key or default_private_key()
+    result = resign_bundle(bundle, key, passphrase_for(key))
     click.echo(f"Signed: {result.bundle_id} {result.version} with key {result.key_id[:16]}…")
 
 
@@ -166,7 +142,7 @@ def license_group() -> None:
               help="Devices the follower may use (recorded for apps; not enforceable offline).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("licences"),
               show_default=True, help="Folder for the <follower>.licence.json files.")
-@_PRIVATE_KEY
+@private_key_option
 def license_issue(bundle, follower, from_csv, expires, devices, out, private_key) -> None:
     """Issue follower licences for BUNDLE (its folder or edgetune.json).
 
@@ -183,8 +159,8 @@ def license_issue(bundle, follower, from_csv, expires, devices, out, private_key
         raise click.UsageError("pass exactly one of --follower or --from-csv")
     if from_csv is not None and (expires or devices):
         raise click.UsageError("with --from-csv, put expires/devices in the CSV's columns")
-    key = private_key or _default_private_key()
-    secret = _passphrase_for(key)
+    key = private_key or default_private_key()
+    secret = passphrase_for(key)
     if from_csv is not None:
         written = issue_from_csv(key, secret, bundle, from_csv, out)
         click.echo(f"Issued {len(written)} licences into {out}")
@@ -201,7 +177,7 @@ def license_issue(bundle, follower, from_csv, expires, devices, out, private_key
 @click.option("--list", "revocations", type=click.Path(dir_okay=False, path_type=Path),
               required=True, help="The revocation list to create or extend (signed).")
 @click.option("--bundle-id", required=True, help="The bundle_id the licences were issued for.")
-@_PRIVATE_KEY
+@private_key_option
 def license_revoke(licences, revocations, bundle_id, private_key) -> None:
     """Revoke licences (files or 32-hex licence ids) in a signed revocation list.
 
@@ -217,6 +193,6 @@ def license_revoke(licences, revocations, bundle_id, private_key) -> None:
 
     ids = [item if Path(item).suffix != ".json" and not Path(item).exists()
            else licence_id_of(Path(item)) for item in licences]
-    key = private_key or _default_private_key()
-    result = revoke(key, _passphrase_for(key), revocations, licence_ids=ids, bundle_id=bundle_id)
+    key = private_key or default_private_key()
+    result = revoke(key, passphrase_for(key), revocations, licence_ids=ids, bundle_id=bundle_id)
     click.echo(f"{revocations}: {len(result.entries)} revoked (sequence {result.sequence})")
