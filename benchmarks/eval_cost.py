@@ -10,8 +10,8 @@ On the same held-out text, the same context (512) and the same threads, times
 * ``edgetune_per_quant``: the same figures the way edgetune computed them before
   ``compare_many`` (one ``compare`` per quant, so the F16 model runs once per quant);
 * ``evaluate``: the whole ``edgetune.evaluate.evaluate`` stage (fidelity + the llama-bench-style
-  speed run of each of the four models + file sizes and RAM estimates; no task accuracy), for
-  reference only: it is not what the ratio compares.
+  speed run of each of the four models + file sizes, RAM estimates, gates and the eval.md /
+  eval.png views; no task accuracy), for reference only: it is not what the ratio compares.
 
 Each is run ``--repeats`` times in rotating order; the JSON keeps every sample and the medians.
 On a shared machine another process can double a timing: every timed run is done in child
@@ -159,13 +159,17 @@ def worker(mode: str, text: Path, paths: list[str]) -> None:
 
         from edgetune.artifacts import GgufModel, QuantizedModels
         from edgetune.evaluate import evaluate
+        from edgetune.profiles import QuantProfile
 
+        # Gates are checked but never stop the run: the figures are what is measured.
+        profile = QuantProfile(name="eval-cost", description="", quants=QUANTS,
+                               context_length=2048, memory_budget_mb=1 << 20, eval_context=N_CTX)
         with tempfile.TemporaryDirectory() as tmp:
             report = evaluate(GgufModel(path=f16.parent, file=f16.name),
                               QuantizedModels(path=f16.parent, source_gguf=str(f16),
                                               files={q: p.name for q, p in quants.items()}),
-                              [text.read_text()], Path(tmp) / "eval", context_length=2048,
-                              n_ctx=N_CTX)
+                              profile, [text.read_text()], Path(tmp) / "eval",
+                              accept_gate_failure=True)
             metrics = json.loads((report.path / "eval.json").read_text())["quants"]
         kld = {q: metrics[q]["kld_mean"] for q in QUANTS}
     else:

@@ -146,11 +146,13 @@ def _from_json(value: Any, annotation: Any) -> Any:
 
 
 @contextlib.contextmanager
-def atomic_file(path: Path, *, mode: int = 0o644, sync: bool = True) -> Iterator[Path]:
+def atomic_file(path: Path, *, mode: int = 0o644, sync: bool = True,
+                overwrite: bool = True) -> Iterator[Path]:
     """Yield a scratch path beside ``path`` that replaces ``path`` only if the block succeeds:
     readers see the old file or the new one, never half. The scratch file
     (``.<name>.*.tmp``) is removed on any error, KeyboardInterrupt included. ``sync`` flushes
-    it to disk before the rename (a crash then cannot leave an empty file under the new name)."""
+    it to disk before the rename (a crash then cannot leave an empty file under the new name).
+    With ``overwrite=False`` an existing ``path`` is never replaced: FileExistsError instead."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -161,11 +163,28 @@ def atomic_file(path: Path, *, mode: int = 0o644, sync: bool = True) -> Iterator
         if sync:
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _publish_new(Path(tmp), path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _publish_new(tmp: Path, path: Path) -> None:
+    """Give ``tmp`` the name ``path``, atomically and never over an existing file."""
+    try:
+        os.link(tmp, path)  # unlike rename, fails if the name exists (FileExistsError)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (FAT, some network shares): check, then rename
+        if os.path.lexists(path):
+            raise FileExistsError(path) from None
+        os.replace(tmp, path)
+    else:
+        os.unlink(tmp)
 
 
 def write_bytes_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:

@@ -7,12 +7,17 @@ from __future__ import annotations
 from typing import Any
 
 from edgetune.data import QARow
+from edgetune.training.rewards import REASONING, AnswerFormat
 
 
-def formatted_answer(row: QARow) -> str:
-    """The reference answer in the answer format (its reasoning where the data has it)."""
-    reasoning = row.reasoning or row.answer
-    return f"<reasoning>\n{reasoning}\n</reasoning>\n<answer>\n{row.answer}\n</answer>"
+def formatted_answer(row: QARow, fmt: AnswerFormat = REASONING) -> str:
+    """The reference answer in the answer format, exactly as the strict format reward wants it
+    (its reasoning where the data has it, else the answer itself)."""
+    reasoning = (row.reasoning or row.answer).strip()
+    if fmt.answer_tag is None:  # R1: <think>...</think> then the answer as plain text
+        return f"<{fmt.reasoning_tag}>\n{reasoning}\n</{fmt.reasoning_tag}>\n{row.answer.strip()}"
+    ro, rc, ao, ac = fmt.tags()
+    return f"{ro}\n{reasoning}\n{rc}\n{ao}\n{row.answer.strip()}\n{ac}"
 
 
 def prompt_messages(system_prompt: str, row: QARow) -> list[dict]:
@@ -21,10 +26,10 @@ def prompt_messages(system_prompt: str, row: QARow) -> list[dict]:
     return messages + [{"role": "user", "content": row.question}]
 
 
-def conversation(system_prompt: str, row: QARow) -> list[dict]:
-    """The whole held-out conversation: system, question and the reference answer."""
+def conversation(system_prompt: str, row: QARow, fmt: AnswerFormat = REASONING) -> list[dict]:
+    """The whole conversation: system, question and the reference answer in the format."""
     return prompt_messages(system_prompt, row) + [{"role": "assistant",
-                                                   "content": formatted_answer(row)}]
+                                                   "content": formatted_answer(row, fmt)}]
 
 
 def conversation_text(tokenizer: Any, system_prompt: str, row: QARow) -> str:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from edgetune import hf, llamacpp
-from edgetune.artifacts import GgufModel, atomic_dir
+from edgetune.artifacts import GgufModel, MergedModel, atomic_dir
 from edgetune.errors import ModelError, ParityError, ToolchainError
 
 MAX_MEAN_KLD = 1e-3
@@ -24,10 +24,11 @@ MIN_TOP1 = 0.99
 LOGIT_TOKENS = 256
 
 
-def convert(model_dir: Path, out: Path, *, name: str, parity_texts: Sequence[str],
+def convert(merged: MergedModel, out: Path, *, name: str, parity_texts: Sequence[str],
             overwrite: bool = False, on_progress: Callable[[str], None] | None = None) -> GgufModel:
-    """Convert ``model_dir`` to ``out/<name>-F16.gguf`` and run both parity checks."""
+    """Convert ``merged`` to ``out/<name>-F16.gguf`` and run both parity checks."""
     report = on_progress or (lambda _msg: None)
+    model_dir = merged.path
     arch = hf.architecture(model_dir)
     file = f"{name}-F16.gguf"
     with atomic_dir(out, overwrite=overwrite) as scratch:
@@ -45,8 +46,8 @@ def convert(model_dir: Path, out: Path, *, name: str, parity_texts: Sequence[str
 
 def run_converter(model_dir: Path, outfile: Path) -> None:
     script = llamacpp.converter_dir() / "convert_hf_to_gguf.py"
-    cmd = [sys.executable, str(script), str(model_dir), "--outfile", str(outfile), "--outtype", "f16"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = llamacpp.run_tool([sys.executable, script, model_dir, "--outfile", outfile,
+                              "--outtype", "f16"])
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         detail = " | ".join(tail) or f"exit code {proc.returncode}"

@@ -4,14 +4,15 @@ Per quant: fidelity against F16 (perplexity and its ratio, mean/p99 KL divergenc
 agreement, delta-p: ``edgetune.fidelity``; every quant, and every quant built without the
 imatrix, runs in lockstep with a single F16 pass), task accuracy on the held-out questions
 (``edgetune.accuracy``), prefill/decode speed as llama-bench measures it, file size and the RAM
-a phone needs. With a
-profile, each quant is gated against its thresholds (``edgetune.gates``); a failure stops the
-build after eval.json is written, unless the failure is explicitly accepted.
+a phone needs. Each
+quant is gated against the target profile's thresholds (``edgetune.gates``); a failure stops the
+build after the report is written, unless the failure is explicitly accepted.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import statistics
 import time
@@ -26,19 +27,21 @@ from edgetune.data import QARow
 from edgetune.errors import ToolchainError
 from edgetune.gates import GateFailure, gate_report
 from edgetune.profiles import QuantProfile
+from edgetune.report import write_reports
 
 
 # Prefix of the name under which a quant built without the imatrix is compared.
 _PLAIN = "without-imatrix/"
 
 
-def evaluate(f16: GgufModel, quants: QuantizedModels, eval_texts: Sequence[str], out: Path, *,
-             context_length: int, n_ctx: int = 512, overwrite: bool = False,
-             qa_rows: Sequence[QARow] = (), system_prompt: str = "", answer_format: str = "reasoning",
-             max_answer_tokens: int = 256, profile: QuantProfile | None = None,
-             accept_gate_failure: bool = False,
+def evaluate(f16: GgufModel, quants: QuantizedModels, profile: QuantProfile,
+             eval_texts: Sequence[str], out: Path, *, qa_rows: Sequence[QARow] = (),
+             system_prompt: str = "", answer_format: str = "reasoning",
+             max_answer_tokens: int = 256, accept_gate_failure: bool = False,
+             overwrite: bool = False,
              on_progress: Callable[[str, int, int], None] | None = None) -> EvalReport:
-    """Measure F16 and each quant; write ``out/eval.json``; gate the quants against ``profile``.
+    """Measure F16 and each quant at the profile's contexts, gate the quants against its
+    thresholds, and write ``out/eval.json`` with its readable views ``eval.md`` and ``eval.png``.
 
     Raises ``GateFailure`` (after writing the report) when a quant fails its gates and
     ``accept_gate_failure`` is false.
@@ -51,6 +54,7 @@ def evaluate(f16: GgufModel, quants: QuantizedModels, eval_texts: Sequence[str],
              for q in quants.files if q in quants.without_imatrix}
     compared = {**{q: p for q, p in models.items() if q != "F16"},
                 **{_PLAIN + q: p for q, p in plain.items()}}
+    context_length, n_ctx = profile.context_length, profile.eval_context
     tokens = eval_tokens(f16.gguf, "\n\n".join(eval_texts))
     steps = len(models) + 1
     if on_progress:
@@ -85,17 +89,17 @@ def evaluate(f16: GgufModel, quants: QuantizedModels, eval_texts: Sequence[str],
     _fill_reference(results)
     report: dict = {"context_length": context_length, "eval_ctx": n_ctx, "eval_tokens": len(tokens),
                     "task_rows": len(qa_rows), "quants": results}
-    verdicts = {}
-    if profile is not None:
-        verdicts = gate_report(results, profile)
-        for quant, verdict in verdicts.items():
-            results[quant]["gate"] = verdict.as_dict()
-            results[quant]["gate_passed"] = verdict.passed
-        report["target"] = profile.name
-        report["gates_passed"] = all(v.passed for v in verdicts.values())
-        report["accepted_gate_failure"] = bool(accept_gate_failure and not report["gates_passed"])
+    verdicts = gate_report(results, profile)
+    for quant, verdict in verdicts.items():
+        results[quant]["gate"] = verdict.as_dict()
+        results[quant]["gate_passed"] = verdict.passed
+    report["target"] = profile.name
+    report["gates_passed"] = all(v.passed for v in verdicts.values())
+    report["accepted_gate_failure"] = bool(accept_gate_failure and not report["gates_passed"])
     with atomic_dir(out, overwrite=overwrite) as scratch:
         write_json_atomic(scratch / "eval.json", report)
+        # The readable views, from the JSON as written; with a failed gate they show why.
+        write_reports(scratch, json.loads((scratch / "eval.json").read_text()))
         artifact = EvalReport(path=scratch)
         artifact.save()
     if verdicts and not report["gates_passed"] and not accept_gate_failure:
@@ -152,7 +156,6 @@ def speed(path: Path, *, prompt_tokens: int = 128, gen_tokens: int = 32, reps: i
     model makes its peak RSS the model's own (load + run), not the high-water mark of everything
     this process loaded before.
     """
-    import json
     import subprocess
     import sys
 

@@ -123,14 +123,11 @@ def evaluate_ggufs(f16: Path, quants: Sequence[Path], out: Path, profile: QuantP
     raises ``GateFailure`` after writing the report when a quant fails ``profile``'s gates and
     the failure is not accepted.
     """
-    import json
-
-    from edgetune.artifacts import GgufModel, QuantizedModels, atomic_dir
+    from edgetune.artifacts import GgufModel, QuantizedModels
     from edgetune.evaluate import evaluate
     from edgetune.fidelity import eval_tokens
     from edgetune.gates import GateFailure
     from edgetune.quantise import count_fallbacks
-    from edgetune.report import write_reports
 
     ev = events or SilentEvents()
     out = Path(out)
@@ -157,18 +154,15 @@ def evaluate_ggufs(f16: Path, quants: Sequence[Path], out: Path, profile: QuantP
     quantised = QuantizedModels(path=reference.path.parent, source_gguf=str(reference.path),
                                 files=files, fallbacks=fallbacks)
     failure: GateFailure | None = None
-    with atomic_dir(out, overwrite=overwrite) as scratch:
-        try:
-            evaluate(GgufModel(path=reference.path.parent, file=reference.path.name,
-                               architecture=reference.architecture),
-                     quantised, texts, scratch, context_length=profile.context_length,
-                     n_ctx=profile.eval_context, overwrite=True, qa_rows=rows,
-                     system_prompt=system_prompt, answer_format=answer_format, profile=profile,
-                     accept_gate_failure=accept_gate_failure,
-                     on_progress=lambda q, i, n: ev.progress("evaluate", i, n, q))
-        except GateFailure as exc:
-            failure = exc
-        write_reports(scratch, json.loads((scratch / "eval.json").read_text()))
+    try:
+        evaluate(GgufModel(path=reference.path.parent, file=reference.path.name,
+                           architecture=reference.architecture),
+                 quantised, profile, texts, out, overwrite=overwrite, qa_rows=rows,
+                 system_prompt=system_prompt, answer_format=answer_format,
+                 accept_gate_failure=accept_gate_failure,
+                 on_progress=lambda q, i, n: ev.progress("evaluate", i, n, q))
+    except GateFailure as exc:  # the report is written: finish the progress display first
+        failure = exc
     ev.progress("evaluate", len(models) + 1, len(models) + 1)
     ev.stage_done("evaluate", f"{out}: eval.json, eval.md, eval.png")
     if failure is not None:

@@ -8,7 +8,6 @@ for Q4_K_M with an imatrix on LLaMA-3-8B; edgetune measures it on every build (e
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,9 +21,8 @@ def compute_imatrix(f16: Path, texts: Sequence[str], out: Path, *, n_ctx: int = 
     text_file.write_text("\n\n".join(texts))
     binary, env = llamacpp.tool("llama-imatrix")
     try:
-        run = subprocess.run([str(binary), "-m", str(f16), "-f", str(text_file), "-o", str(out),
-                              "-c", str(n_ctx), "-t", str(llamacpp.threads()), "--no-ppl"],
-                             env=env, capture_output=True, text=True)
+        run = llamacpp.run_tool([binary, "-m", f16, "-f", text_file, "-o", out, "-c", n_ctx,
+                                 "-t", llamacpp.threads(), "--no-ppl"], env=env)
     finally:
         text_file.unlink(missing_ok=True)
     if run.returncode != 0 or not out.is_file():
@@ -39,8 +37,7 @@ def quantise_with_imatrix(src: Path, dst: Path, quant: str, imatrix: Path) -> No
     """``llama-quantize --imatrix``: llama-cpp-python's in-process call takes the matrix only as
     raw arrays, so the tool reads the file itself."""
     binary, env = llamacpp.tool("llama-quantize")
-    run = subprocess.run([str(binary), "--imatrix", str(imatrix), str(src), str(dst), quant],
-                         env=env, capture_output=True, text=True)
+    run = llamacpp.run_tool([binary, "--imatrix", imatrix, src, dst, quant], env=env)
     if run.returncode != 0 or not dst.is_file():
         tail = " ".join((run.stderr or run.stdout).strip().splitlines()[-2:])
         raise ToolchainError(f"llama-quantize --imatrix failed for {quant}: {tail}",

@@ -9,8 +9,11 @@ time, and the converter always matches the runtime that loads its output.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from edgetune.errors import ToolchainError
@@ -20,6 +23,14 @@ _SETUP_HINT = "run `make setup` (it builds llama-cpp-python with its tools and i
 
 
 NOT_GGUF = "not a GGUF file"
+# The quants edgetune builds: quant name -> llama_cpp ftype constant name.
+QUANT_TYPES = {
+    "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
+    "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+    "Q5_K_M": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
+    "Q6_K": "LLAMA_FTYPE_MOSTLY_Q6_K",
+    "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
+}
 
 
 def gguf_problem(path: Path) -> str | None:
@@ -87,6 +98,58 @@ def tool(name: str) -> tuple[Path, dict[str, str]]:
     libdirs = [str(site / "lib"), str(_package_dir() / "lib")]
     env["LD_LIBRARY_PATH"] = os.pathsep.join(libdirs + [env.get("LD_LIBRARY_PATH", "")])
     return binary, env
+
+
+# Where llama.cpp's log lines go inside ``log_lines`` blocks: (write, C callback), innermost last.
+_sinks: list = []
+
+
+@contextlib.contextmanager
+def log_lines(path: Path | None) -> Iterator[None]:
+    """Send llama.cpp's own log lines to ``path`` (appended), or to stderr when None.
+
+    In-process, llama.cpp logs through one callback (``llama_log_set`` covers ggml too), which
+    llama-cpp-python points at Python's stderr: model loading and quantisation's "falling
+    back" notes would land between the progress lines. The tools ``run_tool`` runs have their
+    output captured; it comes here too. Nothing is redirected at the file-descriptor level, so
+    Python's own errors and the progress display still reach the terminal.
+    """
+    import ctypes
+
+    import llama_cpp
+    from llama_cpp import _logger
+
+    log = open(path, "a", encoding="utf-8") if path is not None else None
+
+    def write(text: str) -> None:
+        out = log or sys.stderr
+        out.write(text)
+        out.flush()
+
+    @llama_cpp.llama_log_callback
+    def callback(level, text, user_data):
+        with contextlib.suppress(Exception):  # an exception must not unwind into C
+            write(text.decode("utf-8", "replace"))
+
+    _sinks.append((write, callback))
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+    try:
+        yield
+    finally:
+        _sinks.pop()
+        llama_cpp.llama_log_set(_sinks[-1][1] if _sinks else _logger.llama_log_callback,
+                                ctypes.c_void_p(0))
+        if log is not None:
+            log.close()
+
+
+def run_tool(args: Sequence, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run a llama.cpp tool (or its converter) with its output captured as text; inside
+    ``log_lines`` the output also goes where llama.cpp's log lines go."""
+    run = subprocess.run([str(a) for a in args], env=env, capture_output=True, text=True)
+    if _sinks:
+        _sinks[-1][0](f"$ {' '.join(str(a) for a in args)}\n{run.stdout}{run.stderr}")
+    return run
 
 
 def threads() -> int:

@@ -1,31 +1,36 @@
 """The whole way: data -> train -> merge -> convert -> quantise -> evaluate -> bundle (signed).
 
-``build`` wires the stage functions together; it never prints. Progress goes to a
-``BuildEvents`` object (the CLI renders it with rich; tests record it).
+``build`` runs the stage functions in the order of ``STAGE_TABLE``, each taking the typed
+artifacts of the stages before it; it never prints. Progress goes to a ``BuildEvents`` object
+(the CLI renders it with rich; tests record it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import hashlib
+import json
 import os
 import re
-import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgetune.artifacts import Adapter, Bundle
+from edgetune import bundle_stage, llamacpp, preflight, stages
+from edgetune.artifacts import (Adapter, Bundle, EvalReport, GgufModel, MergedModel,
+                                QuantizedModels)
 from edgetune.data import Columns, QARow, load_qa, split_qa
 from edgetune.errors import OutputExistsError
 from edgetune.conversations import conversation_text
 from edgetune.events import BuildEvents, SilentEvents, step_detail
 from edgetune.profiles import QuantProfile
 from edgetune.project import Project, demo_project
+from edgetune.stages import BuildInputs
 from edgetune.training.config import TrainConfig
-
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,7 @@ def build(project: Project, profile: QuantProfile, out: Path, *, key: Path | Non
           passphrase: str | None = None, overwrite: bool = False, resume: bool = False,
           accept_gate_failure: bool = False, events: BuildEvents | None = None,
           per_target: bool = False, from_stage: str | None = None,
-          to_stage: str | None = None) -> BuildResult:
+          to_stage: str | None = None, verbose: bool = False) -> BuildResult:
     """Run every stage into ``out/<stage>`` and return the signed bundle.
 
     ``from_stage`` redoes that stage and every later one even if up to date; ``to_stage`` stops
@@ -53,10 +58,9 @@ def build(project: Project, profile: QuantProfile, out: Path, *, key: Path | Non
     reruns only what depends on it. ``overwrite`` redoes every stage. ``resume`` continues an
     interrupted training stage from its newest checkpoint. A quant that fails the profile's
     quality gates stops the build after evaluation (``GateFailure``) unless
-    ``accept_gate_failure``, which the manifest then records.
+    ``accept_gate_failure``, which the manifest then records. llama.cpp's own log lines go to
+    ``out/.edgetune/build.log``, or with ``verbose`` to stderr.
     """
-    from edgetune import stages
-
     ev = events or SilentEvents()
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (overwrite or resume) \
@@ -65,347 +69,260 @@ def build(project: Project, profile: QuantProfile, out: Path, *, key: Path | Non
                                 hint="choose another --out directory, pass --resume to continue an "
                                      "interrupted build, or --overwrite to start again")
     # Bad input fails here, before anything is created (keys, models, output folders).
+    preflight.check_output(out)
+    base = preflight.check_base(project)
     ev.stage("data", str(project.data))
-    inputs = _read_inputs(project)
+    inputs = stages.read_inputs(project)
     ev.stage_done("data", f"{len(inputs.splits.train)} train / {len(inputs.splits.eval)} "
                           "held-out rows" + (f", {len(inputs.sft_examples)} SFT examples"
                                              if inputs.sft_examples else ""))
-    private_key, public_key = _signing_key(key, ev)
+    if key is not None and (to_stage is None or to_stage == "bundle"):
+        preflight.check_key(key, passphrase)
+    prepared = preflight.prepare(project, inputs, base, on_note=ev.note)
+    project, inputs = prepared.project, prepared.inputs
+    if prepared.fitted is not None:
+        ev.note("training settings: " + "; ".join(prepared.fitted.describe()))
+    signs = to_stage is None or stages.STAGES.index(to_stage) >= stages.STAGES.index("bundle")
+    private_key, public_key = _signing_key(key, ev) if signs else _key_paths(key)
     with stages.build_lock(out):
         if removed := stages.remove_leftovers(out):
             ev.note(f"removed {len(removed)} unfinished folder(s) of an interrupted build")
-        plans = plan_build(project, profile, out, inputs=inputs, public_key=public_key,
-                           accept_gate_failure=accept_gate_failure, per_target=per_target)
-        return _run_stages(project, profile, out, plans, inputs, private_key=private_key,
-                           public_key=public_key, passphrase=passphrase, force=overwrite,
-                           resume=resume, accept_gate_failure=accept_gate_failure, ev=ev,
+        plans = stages.plan_build(project, profile, out, inputs=inputs, public_key=public_key,
+                                  accept_gate_failure=accept_gate_failure, per_target=per_target)
+        b = _Build(project, profile, inputs, private_key=private_key, passphrase=passphrase,
+                   resume=resume, accept_gate_failure=accept_gate_failure, ev=ev,
+                   log=None if verbose else out / stages.STATE_DIR / "build.log")
+        if b.log is not None:
+            with b.log.open("a", encoding="utf-8") as log:
+                log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} build of {profile.name}\n")
+        return _run_stages(b, out, plans, public_key=public_key, force=overwrite,
                            from_stage=from_stage, to_stage=to_stage)
 
 
-@dataclass(frozen=True)
-class BuildInputs:
-    rows: tuple
-    splits: Any
-    sft_examples: tuple | None
-
-
-def _read_inputs(project: Project) -> BuildInputs:
-    rows = load_qa(project.data, project.columns).rows
-    splits = split_qa(rows, eval_fraction=project.eval_fraction)
-    sft_examples = None
-    if project.sft_data is not None:
-        from edgetune.sft_data import load_sft
-
-        sft_examples = tuple(load_sft(project.sft_data, format=project.sft_format,
-                                      system_prompt=project.system_prompt).examples)
-    return BuildInputs(rows=rows, splits=splits, sft_examples=sft_examples)
-
-
 def plan_build(project: Project, profile: QuantProfile, out: Path, *,
-               inputs: BuildInputs | None = None, public_key: Path | None = None,
-               accept_gate_failure: bool = False, per_target: bool = False) -> list:
-    """Every stage with its output folder and input key; loads no model (``edgetune status``)."""
-    import edgetune
-    from edgetune import stages
-    from edgetune.training.checkpoints import data_digest
-
-    inputs = inputs or _read_inputs(project)
-    out = Path(out)
-    if project.base_model is None:
-        from edgetune.demo.model import RECIPE_VERSION
-
-        base = {"demo_recipe": RECIPE_VERSION}  # built deterministically from the recipe
-    elif Path(project.base_model).expanduser().is_dir():
-        base = stages.model_fingerprint(Path(project.base_model).expanduser())
-    else:
-        base = {"hub_id": project.base_model}
-    train_tools = stages.tool_versions(stages.TRAIN_TOOLS)
-    llama_tools = stages.tool_versions(stages.LLAMA_TOOLS)
-    persona = {"system_prompt": project.system_prompt}
-    plans: list = []
-
-    def add(name: str, folder: str, **fields) -> str:
-        upstream = plans[-1].key if plans else None
-        entries = {"upstream": upstream, "edgetune": edgetune.__version__, **fields}
-        plan = stages.StagePlan(name, out / folder, stages.digest({"stage": name, **entries}),
-                                {k: stages.digest(v) for k, v in entries.items()})
-        plans.append(plan)
-        return plan.key
-
-    train_config = dataclasses.asdict(project.train)
-    train_config.pop("checkpoint_every")  # how often to save does not change the adapter
-    if inputs.sft_examples:
-        add("sft", "sft-adapter", base=base, data=data_digest(inputs.sft_examples),
-            settings=[train_config, project.sft_steps], tools=train_tools)
-    add("train", "adapter", base=base, data=data_digest(inputs.splits.train),
-        settings=train_config, tools=train_tools)
-    add("merge", "merged", tools=train_tools)
-    add("convert", "gguf", parity=[data_digest(inputs.splits.eval), persona], tools=llama_tools)
-    target = f"targets/{profile.name}/" if per_target else ""
-    add("quantise", f"{target}quants", quants=[list(profile.quants), list(profile.imatrix_quants)],
-        calibration=[data_digest(inputs.splits.calibration), persona], tools=llama_tools)
-    add("evaluate", f"{target}eval", target=dataclasses.asdict(profile),
-        held_out=[data_digest(inputs.splits.eval), persona, project.train.answer_format],
-        accept_gate_failure=accept_gate_failure, tools=llama_tools)
-    key_id = (stages.digest(Path(public_key).read_bytes())
-              if public_key and Path(public_key).is_file() else None)
-    add("bundle", f"{target}bundle", project={f.name: getattr(project, f.name) for f in
-                                     dataclasses.fields(project)
-                                     if f.name not in ("train", "data", "sft_data")},
-        key=key_id, layout=2)  # 2: with report.html and reward.png; older bundles are stale
-    return plans
+               public_key: Path | None = None, per_target: bool = False) -> list:
+    """The stages a build of ``project`` would run, with their keys (``edgetune status``): the
+    same preflight and fitted settings as ``build``, no model loaded."""
+    inputs = stages.read_inputs(project)
+    prepared = preflight.prepare(project, inputs, preflight.check_base(project))
+    return stages.plan_build(prepared.project, profile, out, inputs=prepared.inputs,
+                             public_key=public_key, per_target=per_target)
 
 
-def _run_stages(project, profile, out, plans, inputs, *, private_key, public_key, passphrase,
-                force, resume, accept_gate_failure, ev, from_stage=None,
-                to_stage=None) -> BuildResult:
-    import json
+class _Build:
+    """What the stages of one build share: its settings and the artifacts made so far."""
 
-    from edgetune import stages
-    from edgetune.artifacts import Adapter, EvalReport, GgufModel, MergedModel, QuantizedModels
-    from edgetune.artifacts import Bundle as BundleArtifact
-
-    stamps = stages.Stamps(out)
-    plan = {p.name: p for p in plans}
-    rebuilt = False  # once a stage reruns, every later one does (its input changed)
-
-    def reuse(name: str) -> bool:
-        nonlocal rebuilt
-        forced = from_stage is not None and stages.STAGES.index(name) >= \
-            stages.STAGES.index(from_stage)
-        if not force and not forced and not rebuilt and stamps.fresh(plan[name]):
-            return True
-        rebuilt = True
-        stamps.clear(plan[name])
-        return False
-
-    splits, sft_examples = inputs.splits, inputs.sft_examples
-    need_model = any(not stamps.fresh(p) for p in plans) or force or bool(from_stage)
-    if need_model:
-        from edgetune.training.backends import preload_backend
-
-        # Unsloth must load before transformers does.
-        preload_backend(project.train.backend, project.base_model, project.train)
-    base_model = project.base_model or (build_demo_base(ev) if need_model else "")
-
-    init_adapter = None
-    if sft_examples:
-        ev.stage("sft", f"SFT warm start, {project.sft_steps} steps")
-        if reuse("sft"):
-            sft = Adapter.load(plan["sft"].folder)
-            ev.stage_done("sft", "up to date")
-        else:
-            sft_cfg = dataclasses.replace(project.train, method="sft", steps=project.sft_steps)
-            sft = _train_stage(base_model, sft_examples, sft_cfg, plan["sft"].folder, None,
-                               resume=resume, ev=ev, stage="sft")
-            stamps.write(plan["sft"])
-            ev.stage_done("sft", f"{sft.steps} steps on {sft.effective_config.get('device')}")
-        init_adapter = sft.path
-
-    ev.stage("train", f"GRPO, {project.train.steps} steps")
-    if reuse("train"):
-        adapter = Adapter.load(plan["train"].folder)
-        ev.stage_done("train", "up to date")
-    else:
-        adapter = _train_stage(base_model, splits.train, project.train, plan["train"].folder,
-                               init_adapter, resume=resume, ev=ev, stage="train")
-        stamps.write(plan["train"])
-        ev.stage_done("train", f"{adapter.steps} steps on {adapter.effective_config.get('device')}")
-
-    if to_stage == "train":
-        return BuildResult(bundle=None, public_key=public_key, eval_report={},
-                           stopped_after="train")
-
-    ev.stage("merge")
-    if reuse("merge"):
-        merged = MergedModel.load(plan["merge"].folder)
-        ev.stage_done("merge", "up to date")
-    else:
-        from edgetune.merge import merge
-
-        merged = merge(adapter, plan["merge"].folder, overwrite=True)
-        stamps.write(plan["merge"])
-        ev.stage_done("merge", f"max weight change {merged.max_weight_delta:.2e}")
-
-    if to_stage == "merge":
-        return BuildResult(bundle=None, public_key=public_key, eval_report={},
-                           stopped_after="merge")
-
-    texts = _TextsFor(merged.path, project, splits)
-    file_name = _file_stem(project.name)
-    ev.stage("convert", "F16 GGUF + parity checks")
-    if reuse("convert"):
-        f16 = GgufModel.load(plan["convert"].folder)
-        ev.stage_done("convert", "up to date")
-    else:
-        from edgetune.convert import convert
-
-        f16 = convert(merged.path, plan["convert"].folder, name=file_name,
-                      parity_texts=texts.held_out(), overwrite=True)
-        stamps.write(plan["convert"])
-        ev.stage_done("convert", f"logit KLD {f16.logit_parity['mean_kld']:.1e}, "
-                                 f"top-1 {f16.logit_parity['top1']:.1%}")
-
-    if to_stage == "convert":
-        return BuildResult(bundle=None, public_key=public_key, eval_report={},
-                           stopped_after="convert")
-
-    ev.stage("quantise", ", ".join(profile.quants))
-    if reuse("quantise"):
-        quants = QuantizedModels.load(plan["quantise"].folder)
-        ev.stage_done("quantise", "up to date")
-    else:
-        from edgetune.quantise import quantise
-
-        # The domain imatrix is calibrated on the calibration split, never on held-out rows.
-        quants = quantise(f16, profile.quants, plan["quantise"].folder, name=file_name,
-                          overwrite=True, imatrix_texts=texts.calibration(),
-                          imatrix_quants=profile.imatrix_quants,
-                          on_progress=lambda q, i, n: ev.progress("quantise", i, n, q))
-        stamps.write(plan["quantise"])
-        ev.stage_done("quantise", ", ".join(
-            f"{q}{' (imatrix)' if q in quants.without_imatrix else ''}" for q in quants.files))
-
-    if to_stage == "quantise":
-        return BuildResult(bundle=None, public_key=public_key, eval_report={},
-                           stopped_after="quantise")
-
-    ev.stage("evaluate", f"{len(splits.eval)} held-out rows")
-    if reuse("evaluate"):
-        report = EvalReport.load(plan["evaluate"].folder)
-        ev.stage_done("evaluate", "up to date")
-    else:
-        from edgetune.evaluate import evaluate
-        from edgetune.gates import GateFailure
-        from edgetune.report import write_reports
-
-        folder = plan["evaluate"].folder
-        try:
-            report = evaluate(f16, quants, texts.held_out(), folder,
-                              context_length=profile.context_length, n_ctx=profile.eval_context,
-                              overwrite=True, qa_rows=splits.eval,
-                              system_prompt=project.system_prompt,
-                              answer_format=project.train.answer_format, profile=profile,
-                              accept_gate_failure=accept_gate_failure,
-                              on_progress=lambda q, i, n: ev.progress("evaluate", i, n, q))
-        except GateFailure:  # the report is written; eval.md and eval.png show what failed
-            write_reports(folder, json.loads((folder / "eval.json").read_text()))
-            raise
-        write_reports(report.path, json.loads((report.path / report.file).read_text()))
-        stamps.write(plan["evaluate"])
-        ev.stage_done("evaluate")
-    eval_results = json.loads((report.path / report.file).read_text())
-
-    if to_stage == "evaluate":
-        return BuildResult(bundle=None, public_key=public_key, eval_report={},
-                           stopped_after="evaluate")
-    ev.stage("bundle", "manifest, model card, report, signature")
-    if reuse("bundle"):
-        folder = plan["bundle"].folder
-        manifest = json.loads((folder / "edgetune.json").read_text())
-        bundle = BundleArtifact(path=folder, bundle_id=manifest["bundle_id"],
-                                version=manifest["version"], key_id=manifest["creator"]["key_id"])
-        ev.stage_done("bundle", f"{folder} (up to date)")
-    else:
-        bundle = _bundle_stage(project, profile, plan["bundle"].folder, adapter, f16, quants,
-                               eval_results, splits, sft_examples, texts.tokenizer(), base_model,
-                               file_name, private_key, passphrase)
-        stamps.write(plan["bundle"])
-        ev.stage_done("bundle", str(bundle.path))
-    return BuildResult(bundle=bundle, public_key=public_key, eval_report=eval_results,
-                       report=_copy_report(bundle.path))
-
-
-class _TextsFor:
-    """Held-out and calibration conversations, rendered only when a stage needs them (loading
-    the tokenizer imports transformers, which an up-to-date rebuild never does)."""
-
-    def __init__(self, model_dir: Path, project: Project, splits):
-        self.model_dir, self.project, self.splits = model_dir, project, splits
+    def __init__(self, project: Project, profile: QuantProfile, inputs: BuildInputs, *,
+                 private_key: Path, passphrase: str | None, resume: bool,
+                 accept_gate_failure: bool, ev: BuildEvents, log: Path | None):
+        self.project, self.profile, self.inputs, self.ev = project, profile, inputs, ev
+        self.private_key, self.passphrase, self.resume = private_key, passphrase, resume
+        self.accept_gate_failure, self.log = accept_gate_failure, log  # log: llama.cpp's lines
+        self.base_model, self.file_name = "", _file_stem(project.name)
+        self.made: dict[str, Any] = {}  # stage name -> its artifact
         self._tokenizer = None
 
     def tokenizer(self):
+        """The merged model's tokenizer, loaded only when a stage needs text (it imports
+        transformers, which an up-to-date rebuild never does)."""
         if self._tokenizer is None:
             from edgetune.hf import load_tokenizer
 
-            self._tokenizer = load_tokenizer(self.model_dir)
+            self._tokenizer = load_tokenizer(self.made["merge"].path)
         return self._tokenizer
 
-    def held_out(self) -> list[str]:
-        return [conversation_text(self.tokenizer(), self.project.system_prompt, r) for r in self.splits.eval]
+    def conversations(self, rows) -> list[str]:
+        return [conversation_text(self.tokenizer(), self.project.system_prompt, r) for r in rows]
 
-    def calibration(self) -> list[str]:
-        return [conversation_text(self.tokenizer(), self.project.system_prompt, r) for r in self.splits.calibration]
+    def eval_results(self) -> dict:
+        report = self.made["evaluate"]
+        return json.loads((report.path / report.file).read_text())
 
+    def progress(self, stage: str) -> Callable[[str, int, int], None]:
+        return lambda what, i, n: self.ev.progress(stage, i, n, what)
 
-def _bundle_stage(project, profile, folder, adapter, f16, quants, eval_results, splits,
-                  sft_examples, tokenizer, base_model, file_name, private_key, passphrase):
-    from edgetune.bundle import BundleInfo, BundleModel, build_bundle
-    from edgetune.report import read_training_log
+    def train(self, stage: str, data, config: TrainConfig, folder: Path,
+              init_adapter: Path | None) -> Adapter:
+        from edgetune.training.checkpoints import checkpoint_dir, last_checkpoint
+        from edgetune.training.trainer import train
 
-    info = BundleInfo(
-        name=file_name,
-        bundle_id=_bundle_id(project.name),
-        version=project.version,
-        creator_name=project.creator,
-        base_model=_base_name(base_model or "demo-base"),
-        base_model_license=project.base_model_license,
-        chat_template=tokenizer.chat_template or "",
-        stop_strings=tuple(s for s in [tokenizer.eos_token] if s),
-        default_context=profile.context_length,
-        system_prompt=project.system_prompt,
-        greeting=project.greeting,
-        suggested_prompts=project.suggested_prompts,
-        persona_name=project.persona_name,
-        persona_description=project.persona_description,
-        license_terms=project.license_terms,
-        bos_token=tokenizer.bos_token,
-        hf_repo=project.publish.repo if project.publish else None,
-        gated=bool(project.publish and project.publish.gated),  # False, "auto" or "manual"
-        training={"method": adapter.method, "backend": adapter.backend, "steps": adapter.steps,
-                  "dataset_rows": len(splits.train), "rewards": list(project.train.rewards),
-                  "effective_config": adapter.effective_config,
-                  **({"warm_start": {"method": "sft", "steps": project.sft_steps,
-                                     "examples": len(sft_examples)}} if sft_examples else {})},
-        eval_results=eval_results,
-        training_log=read_training_log(adapter.path / adapter.log_file),
-    )
-    models = [BundleModel(quant=q, source=quants.gguf(q), architecture=f16.architecture,
-                          context_length=profile.context_length,
-                          ram_needed_bytes=eval_results["quants"][q]["ram_needed_bytes"])
-              for q in quants.files]
-    return build_bundle(folder, info, models, private_key=private_key, passphrase=passphrase,
-                        overwrite=True)
+        continuing = self.resume and last_checkpoint(checkpoint_dir(folder)) is not None
+        return train(self.base_model, data, config, folder, init_adapter=init_adapter,
+                     resume=continuing, overwrite=True,
+                     on_step=lambda s: self.ev.progress(stage, s.step, s.total, step_detail(s)),
+                     on_note=self.ev.note)
 
 
-def _copy_report(bundle: Path) -> Path:
-    """Copy the bundle's report.html and its two charts beside the bundle folder (``out/``, or
-    ``out/targets/<profile>/``), where a creator looks first. Copied after every build, reused
-    bundle or not, so the copies are always the bundle's own (still signed inside it)."""
-    from edgetune.bundle import EVAL_CHART_FILE, REPORT_FILE, REWARD_CHART_FILE
+def _run_sft(b: _Build, folder: Path) -> Adapter:
+    inputs, train = b.inputs, b.project.train
+    if inputs.warm_start == "auto":
+        from edgetune.training.warmstart import probe_format
 
-    for name in (REWARD_CHART_FILE, EVAL_CHART_FILE, REPORT_FILE):  # the page last
-        scratch = bundle.parent / f".{name}.tmp"
-        try:
-            shutil.copyfile(bundle / name, scratch)
-            os.chmod(scratch, 0o644)
-            os.replace(scratch, bundle.parent / name)
-        except BaseException:
-            scratch.unlink(missing_ok=True)
-            raise
-    return bundle.parent / REPORT_FILE
+        from edgetune.hf import resolve_model
+
+        probe = probe_format(resolve_model(b.base_model), inputs.splits.train,
+                             system_prompt=b.project.system_prompt,
+                             answer_format=train.answer_format,
+                             max_new_tokens=train.max_completion_length,
+                             temperature=train.temperature, seed=train.seed)
+        found = f"the base model wrote the answer format in {probe.strict:.0%} of " \
+                f"{probe.samples} sampled answers"
+        if not probe.needs_warm_start:
+            b.ev.note(f"{found}: no warm start needed")
+            return _skipped_warm_start(b, folder, probe)
+        b.ev.note(f"{found}: a short SFT on the training rows in the answer format comes first "
+                  "(--no-warm-start skips it)")
+    config = dataclasses.replace(train, method="sft", steps=inputs.sft_steps or b.project.sft_steps,
+                                 learning_rate=inputs.sft_learning_rate or train.learning_rate)
+    adapter = b.train("sft", inputs.sft_examples, config, folder, None)
+    if inputs.warm_start == "auto":  # the report shows why the warm start ran
+        adapter = dataclasses.replace(adapter, effective_config={**adapter.effective_config,
+                                                                 "probe": probe.as_dict()})
+        adapter.save()
+    return adapter
 
 
-def _train_stage(base_model: str, data, config: TrainConfig, out: Path, init_adapter: Path | None, *,
-                 resume: bool, ev: BuildEvents, stage: str) -> Adapter:
-    from edgetune.training.checkpoints import checkpoint_dir, last_checkpoint
-    from edgetune.training.trainer import train
+def _skipped_warm_start(b: _Build, folder: Path, probe) -> Adapter:
+    """An sft stage with no adapter (steps 0): the base already writes the format."""
+    from edgetune.artifacts import atomic_dir
 
-    continuing = resume and last_checkpoint(checkpoint_dir(out)) is not None
-    return train(base_model, data, config, out, init_adapter=init_adapter, resume=continuing,
-                 overwrite=True,
-                 on_step=lambda s: ev.progress(stage, s.step, s.total, step_detail(s)),
-                 on_note=ev.note)
+    with atomic_dir(folder, overwrite=True) as scratch:
+        artifact = Adapter(path=scratch, base_model=b.base_model, method="sft", steps=0,
+                           effective_config={"warm_start": "skipped", "probe": probe.as_dict()})
+        artifact.save()
+    return dataclasses.replace(artifact, path=folder)
+
+
+def _run_train(b: _Build, folder: Path) -> Adapter:
+    sft = b.made.get("sft")
+    return b.train("train", b.inputs.splits.train, b.project.train, folder,
+                   sft.path if sft and sft.steps else None)
+
+
+def _run_merge(b: _Build, folder: Path) -> MergedModel:
+    from edgetune.merge import merge
+
+    return merge(b.made["train"], folder, overwrite=True)
+
+
+def _run_convert(b: _Build, folder: Path) -> GgufModel:
+    from edgetune.convert import convert
+
+    return convert(b.made["merge"], folder, name=b.file_name, overwrite=True,
+                   parity_texts=b.conversations(b.inputs.splits.eval))
+
+
+def _run_quantise(b: _Build, folder: Path) -> QuantizedModels:
+    from edgetune.quantise import quantise
+
+    # The domain imatrix is calibrated on the calibration split, never on held-out rows.
+    return quantise(b.made["convert"], b.profile, folder, name=b.file_name, overwrite=True,
+                    imatrix_texts=b.conversations(b.inputs.splits.calibration),
+                    on_progress=b.progress("quantise"))
+
+
+def _run_evaluate(b: _Build, folder: Path) -> EvalReport:
+    from edgetune.evaluate import evaluate
+
+    return evaluate(b.made["convert"], b.made["quantise"], b.profile,
+                    b.conversations(b.inputs.splits.eval), folder, overwrite=True,
+                    qa_rows=b.inputs.splits.eval, system_prompt=b.project.system_prompt,
+                    answer_format=b.project.train.answer_format,
+                    accept_gate_failure=b.accept_gate_failure, on_progress=b.progress("evaluate"))
+
+
+
+
+
+
+def _trained(adapter: Adapter) -> str:
+    return f"{adapter.steps} steps on {adapter.effective_config.get('device')}"
+
+
+@dataclass(frozen=True)
+class _Stage:
+    """One row of the build: how to show it, reuse its artifact, or make it."""
+
+    name: str
+    detail: Callable[[_Build], str]  # shown as the stage starts
+    load: Callable[[Path], Any]  # the artifact a fresh stamp vouches for
+    run: Callable[[_Build, Path], Any]  # makes the artifact in that folder
+    done: Callable[[Any], str]  # the summary once it is made
+    reused: Callable[[Any], str] = lambda _artifact: "up to date"
+    llama: bool = False  # runs llama.cpp: its log lines go to the build log
+
+
+# The build, in order (sft only with SFT data). A stage is reused while its stamp is fresh;
+# once one reruns, every later one does too (its input changed).
+STAGE_TABLE = (
+    _Stage("sft", lambda b: f"SFT warm start, {b.inputs.sft_steps or b.project.sft_steps} steps"
+           + (" if the base model needs it" if b.inputs.warm_start == "auto" else ""),
+           Adapter.load, _run_sft, lambda a: _trained(a) if a.steps else "skipped: not needed"),
+    _Stage("train", lambda b: f"GRPO, {b.project.train.steps} steps", Adapter.load, _run_train,
+           _trained),
+    _Stage("merge", lambda b: "", MergedModel.load, _run_merge,
+           lambda merged: f"max weight change {merged.max_weight_delta:.2e}"),
+    _Stage("convert", lambda b: "F16 GGUF + parity checks", GgufModel.load, _run_convert,
+           lambda f16: f"logit KLD {f16.logit_parity['mean_kld']:.1e}, "
+                       f"top-1 {f16.logit_parity['top1']:.1%}", llama=True),
+    _Stage("quantise", lambda b: ", ".join(b.profile.quants), QuantizedModels.load,
+           _run_quantise, lambda quants: ", ".join(
+               f"{q}{' (imatrix)' if q in quants.without_imatrix else ''}" for q in quants.files),
+           llama=True),
+    _Stage("evaluate", lambda b: f"{len(b.inputs.splits.eval)} held-out rows", EvalReport.load,
+           _run_evaluate, lambda _report: "", llama=True),
+    _Stage("bundle", lambda b: "manifest, model card, report, signature", bundle_stage.load_bundle,
+           bundle_stage.run, lambda bundle: str(bundle.path),
+           reused=lambda bundle: f"{bundle.path} (up to date)"),
+)
+assert tuple(s.name for s in STAGE_TABLE) == stages.STAGES, "one row per stage, in order"
+
+
+def _run_stages(b: _Build, out: Path, plans: list, *, public_key: Path, force: bool,
+                from_stage: str | None, to_stage: str | None) -> BuildResult:
+    stamps = stages.Stamps(out)
+    plan = {p.name: p for p in plans}
+    if any(not stamps.fresh(p) for p in plans) or force or from_stage:  # a model will load
+        from edgetune.training.backends import preload_backend
+
+        # Unsloth must load before transformers does.
+        preload_backend(b.project.train.backend, b.project.base_model, b.project.train)
+        b.base_model = b.project.base_model or build_demo_base(b.ev)
+    else:
+        b.base_model = b.project.base_model or ""
+    rebuilt = False
+    for stage in (s for s in STAGE_TABLE if s.name in plan):  # no SFT data: no sft stage
+        folder = plan[stage.name].folder
+        b.ev.stage(stage.name, stage.detail(b))
+        forced = from_stage is not None and \
+            stages.STAGES.index(stage.name) >= stages.STAGES.index(from_stage)
+        if not force and not forced and not rebuilt and stamps.fresh(plan[stage.name]):
+            artifact = b.made[stage.name] = stage.load(folder)
+            b.ev.stage_done(stage.name, stage.reused(artifact))
+        else:
+            rebuilt = True
+            stamps.clear(plan[stage.name])
+            # llama_cpp loads only for a stage that runs it: never in an up-to-date rebuild.
+            with llamacpp.log_lines(b.log) if stage.llama else contextlib.nullcontext():
+                artifact = b.made[stage.name] = stage.run(b, folder)
+            stamps.write(plan[stage.name])
+            b.ev.stage_done(stage.name, stage.done(artifact))
+        if stage.name == to_stage:
+            return BuildResult(bundle=None, public_key=public_key, eval_report={},
+                               stopped_after=to_stage)
+    bundle = b.made["bundle"]
+    return BuildResult(bundle=bundle, public_key=public_key, eval_report=b.eval_results(),
+                       report=bundle_stage.copy_report(bundle.path))
+
+
+
+
+def _key_paths(key: Path | None) -> tuple[Path, Path]:
+    """The key pair's paths, nothing created: a build stopping before the bundle signs nothing."""
+    from edgetune.keys import default_private_key
+
+    private = Path(key) if key is not None else default_private_key()
+    return private, private.with_suffix(".pub")
 
 
 def _signing_key(key: Path | None, ev: BuildEvents) -> tuple[Path, Path]:
@@ -445,14 +362,10 @@ def _file_stem(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "model"
 
 
-def _bundle_id(name: str) -> str:
-    slug = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:48] or "model"
-    return f"{slug}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
-def _base_name(base_model: str) -> str:
-    path = Path(base_model)
-    return "edgetune-demo-base (built locally)" if "demo-base" in path.name else base_model
+
+
 
 
 def held_out_rows(data: Path | None, columns: Columns = Columns(), *,

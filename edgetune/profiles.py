@@ -15,7 +15,7 @@ from typing import Any
 
 from edgetune import resources
 from edgetune.errors import ConfigError
-from edgetune.quantise import QUANT_TYPES
+from edgetune.llamacpp import QUANT_TYPES
 
 PROFILES_DIR = resources.profiles_dir()
 MIB = 1 << 20

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgetune import hub, keys, paths, signing
+from edgetune import hub, keys, paths
 from edgetune.errors import ConfigError, EdgetuneError, OutputExistsError, VerificationError
 
 MANIFEST = "edgetune.json"

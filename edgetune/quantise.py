@@ -8,31 +8,26 @@ from pathlib import Path
 
 from edgetune.artifacts import GgufModel, QuantizedModels, atomic_dir
 from edgetune.errors import ConfigError, ToolchainError
+from edgetune.llamacpp import QUANT_TYPES
+from edgetune.profiles import QuantProfile
 
-# Quant name -> llama_cpp ftype constant name.
-QUANT_TYPES = {
-    "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
-    "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
-    "Q5_K_M": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
-    "Q6_K": "LLAMA_FTYPE_MOSTLY_Q6_K",
-    "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
-}
 # GGML tensor types a K-quant silently falls back to when a row is not a multiple of 256.
 _FALLBACK_TYPES = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"}
 
 
-def quantise(gguf: GgufModel, quants: Sequence[str], out: Path, *, name: str,
-             imatrix_texts: Sequence[str] = (), imatrix_quants: Sequence[str] = (),
-             overwrite: bool = False,
+def quantise(gguf: GgufModel, profile: QuantProfile, out: Path, *, name: str,
+             imatrix_texts: Sequence[str] = (), overwrite: bool = False,
              on_progress: Callable[[str, int, int], None] | None = None) -> QuantizedModels:
-    """Write ``out/<name>-<QUANT>.gguf`` for each quant and report K-quant fallbacks.
+    """Write ``out/<name>-<QUANT>.gguf`` for each of the profile's quants and report K-quant
+    fallbacks.
 
-    With ``imatrix_texts`` (calibration text), the quants in ``imatrix_quants`` are built with a
+    With ``imatrix_texts`` (calibration text), the profile's ``imatrix_quants`` are built with a
     domain importance matrix; the same quant without it goes to ``out/without-imatrix/`` so
     evaluation can report both.
     """
     from edgetune.imatrix import compute_imatrix, quantise_with_imatrix
 
+    quants = profile.quants
     unknown = [q for q in quants if q not in QUANT_TYPES]
     if unknown:
         raise ConfigError(f"unknown quant type {', '.join(unknown)}",
@@ -40,7 +35,7 @@ def quantise(gguf: GgufModel, quants: Sequence[str], out: Path, *, name: str,
     files: dict[str, str] = {}
     fallbacks: dict[str, int] = {}
     without: dict[str, str] = {}
-    calibrated = [q for q in quants if q in imatrix_quants] if imatrix_texts else []
+    calibrated = [q for q in quants if q in profile.imatrix_quants] if imatrix_texts else []
     with atomic_dir(out, overwrite=overwrite) as scratch:
         imatrix = compute_imatrix(gguf.gguf, imatrix_texts, scratch / "imatrix.gguf") if calibrated else None
         for i, quant in enumerate(quants):

@@ -19,13 +19,11 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from edgetune.artifacts import write_bytes_atomic
 from edgetune.errors import VerificationError
-from edgetune.keys import load_private_key, load_public_key
+from edgetune.keys import load_private_key, load_public_key, passphrase_bytes
 
 SIGNATURE_FILE = "model.sig"
 _GIT_PATHS = (".git", ".github", ".gitattributes", ".gitignore")  # ignored by model_signing
@@ -80,7 +78,7 @@ def sign_bundle(bundle: Path, private_key: Path, passphrase: str | None = None) 
     hashing_cfg = hashing.Config().set_ignored_paths(paths=[SIGNATURE_FILE],
                                                      ignore_git_paths=False)
     config = signing.Config().set_hashing_config(hashing_cfg).use_elliptic_key_signer(
-        private_key=Path(private_key), password=_passphrase_bytes(passphrase))  # type: ignore[arg-type]
+        private_key=Path(private_key), password=passphrase_bytes(passphrase))  # type: ignore[arg-type]
     target = bundle / SIGNATURE_FILE
     with tempfile.TemporaryDirectory(prefix="edgetune-sign-") as tmp:
         staged = Path(tmp) / SIGNATURE_FILE  # outside the bundle: never hashed

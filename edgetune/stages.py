@@ -2,8 +2,8 @@
 
 A stage's key is the sha256 of what it reads: the keys of the stages before it, its own
 settings, digests of the data it uses and the versions of the tools that do the work. Keys
-depend only on inputs, never on results, so a whole build can be planned (``edgetune status``)
-without loading a model. After a stage completes, its key is stamped in
+depend only on inputs, never on results, so a whole build can be planned (``plan_build``, which
+``edgetune status`` shows) without loading a model. After a stage completes, its key is stamped in
 ``<out>/.edgetune/stages/<stage>.json``; on the next build a stage whose stamp matches and
 whose folder is present is reused, and everything after the first changed stage reruns.
 
@@ -28,7 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from edgetune.artifacts import write_json_atomic
+from edgetune.data import load_qa, split_qa
 from edgetune.errors import ConfigError
+from edgetune.profiles import QuantProfile
+from edgetune.project import Project
 
 STATE_DIR = ".edgetune"
 STAGES = ("sft", "train", "merge", "convert", "quantise", "evaluate", "bundle")
@@ -146,6 +149,91 @@ class Stamps:
                "changed: " + ", ".join(c for c in changed if c != "upstream") if changed
                else "inputs changed")
         return StageState(plan.name, plan.folder, "stale", why)
+
+
+@dataclass(frozen=True)
+class BuildInputs:
+    """The rows a build reads, split as every stage sees them."""
+
+    rows: tuple
+    splits: Any
+    sft_examples: tuple | None
+    # The format warm start (training.warmstart): sft_examples are then the training rows in
+    # the answer format; "auto" probes the base first and skips the SFT when it writes the format.
+    warm_start: str | None = None  # None: SFT (if any) on the project's own sft_data
+    sft_steps: int | None = None  # None: project.sft_steps
+    sft_learning_rate: float | None = None  # None: the GRPO learning rate
+
+
+def read_inputs(project: Project) -> BuildInputs:
+    """Read and split the project's data (bad input fails here, before any stage runs)."""
+    rows = load_qa(project.data, project.columns).rows
+    splits = split_qa(rows, eval_fraction=project.eval_fraction)
+    sft_examples = None
+    if project.sft_data is not None:
+        from edgetune.sft_data import load_sft
+
+        sft_examples = tuple(load_sft(project.sft_data, format=project.sft_format,
+                                      system_prompt=project.system_prompt).examples)
+    return BuildInputs(rows=rows, splits=splits, sft_examples=sft_examples)
+
+
+def plan_build(project: Project, profile: QuantProfile, out: Path, *,
+               inputs: BuildInputs | None = None, public_key: Path | None = None,
+               accept_gate_failure: bool = False, per_target: bool = False) -> list:
+    """Every stage with its output folder and input key; loads no model (``edgetune status``)."""
+    import edgetune
+    from edgetune.training.checkpoints import data_digest
+
+    inputs = inputs or read_inputs(project)
+    out = Path(out)
+    if project.base_model is None:
+        from edgetune.demo.model import RECIPE_VERSION
+
+        base = {"demo_recipe": RECIPE_VERSION}  # built deterministically from the recipe
+    elif Path(project.base_model).expanduser().is_dir():
+        base = model_fingerprint(Path(project.base_model).expanduser())
+    else:
+        base = {"hub_id": project.base_model}
+    train_tools = tool_versions(TRAIN_TOOLS)
+    llama_tools = tool_versions(LLAMA_TOOLS)
+    persona = {"system_prompt": project.system_prompt}
+    plans: list = []
+
+    def add(name: str, folder: str, **fields) -> str:
+        upstream = plans[-1].key if plans else None
+        entries = {"upstream": upstream, "edgetune": edgetune.__version__, **fields}
+        plan = StagePlan(name, out / folder, digest({"stage": name, **entries}),
+                                {k: digest(v) for k, v in entries.items()})
+        plans.append(plan)
+        return plan.key
+
+    train_config = dataclasses.asdict(project.train)
+    train_config.pop("checkpoint_every")  # how often to save does not change the adapter
+    if inputs.sft_examples:
+        sft_settings = [train_config, project.sft_steps]
+        if inputs.warm_start:
+            sft_settings = [train_config, inputs.sft_steps, inputs.sft_learning_rate,
+                            inputs.warm_start]
+        add("sft", "sft-adapter", base=base, data=data_digest(inputs.sft_examples),
+            settings=sft_settings, tools=train_tools)
+    add("train", "adapter", base=base, data=data_digest(inputs.splits.train),
+        settings=train_config, tools=train_tools)
+    add("merge", "merged", tools=train_tools)
+    add("convert", "gguf", parity=[data_digest(inputs.splits.eval), persona], tools=llama_tools)
+    target = f"targets/{profile.name}/" if per_target else ""
+    add("quantise", f"{target}quants", quants=[list(profile.quants), list(profile.imatrix_quants)],
+        calibration=[data_digest(inputs.splits.calibration), persona], tools=llama_tools)
+    add("evaluate", f"{target}eval", target=dataclasses.asdict(profile),
+        held_out=[data_digest(inputs.splits.eval), persona, project.train.answer_format],
+        accept_gate_failure=accept_gate_failure, tools=llama_tools)
+    key_id = (digest(Path(public_key).read_bytes())
+              if public_key and Path(public_key).is_file() else None)
+    add("bundle", f"{target}bundle", project={f.name: getattr(project, f.name) for f in
+                                     dataclasses.fields(project)
+                                     if f.name not in ("train", "data", "sft_data")},
+        key=key_id, layout=2)  # 2: with report.html and reward.png; older bundles are stale
+    return plans
 
 
 def states(out: Path, plans: Sequence[StagePlan]) -> list[StageState]:

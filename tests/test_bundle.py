@@ -21,9 +21,6 @@ from edgetune.bundle import (
     MANIFEST_FILE,
     BundleInfo,
     BundleModel,
-    _model_card,
-    _persona_files,
-    _readable,
     build_bundle,
     gguf_file_name,
     resign_bundle,
@@ -31,6 +28,8 @@ from edgetune.bundle import (
     stamp_distribution,
     verify_bundle,
 )
+from edgetune.bundle.build import bundle_persona_files
+from edgetune.bundle.card import model_card, readable_results
 from edgetune.errors import (
     ConfigError,
     EdgetuneError,
@@ -521,7 +520,8 @@ def _card(built: Bundle, **changes) -> str:
             target = target.setdefault(p, {})
         target[leaf] = value
     assert Draft202012Validator(json.loads(schema_path().read_text())).is_valid(manifest)
-    return _model_card(manifest, _readable(json.loads((built.path / "eval.json").read_text())))
+    results = json.loads((built.path / "eval.json").read_text())
+    return model_card(manifest, readable_results(results))
 
 
 def test_model_card_is_drawn_from_the_manifest_and_eval_json(built: Bundle):
@@ -622,10 +622,10 @@ def test_stamp_distribution_sets_repo_and_resigns(bundle: Path, keys):
                                    "filename": "edgetune-demo-Q4_K_M.gguf"}
     # the same bytes as a bundle built for the repo
     assert (bundle / pal_file).read_bytes() == \
-        _persona_files(_info(hf_repo=REPO), "edgetune-demo-Q4_K_M.gguf")[pal_file]
-    readable = _readable(json.loads((bundle / "eval.json").read_text()))
+        bundle_persona_files(_info(hf_repo=REPO), "edgetune-demo-Q4_K_M.gguf")[pal_file]
+    readable = readable_results(json.loads((bundle / "eval.json").read_text()))
     card = (bundle / "README.md").read_text()
-    assert card == _model_card(manifest, readable)
+    assert card == model_card(manifest, readable)
     assert f"llama-cli -hf {REPO}:Q4_K_M" in card and "extra_gated_prompt" in card
     # report.html lists the new sizes, as if drawn for this bundle
     assert (bundle / "report.html").read_text() == \

@@ -10,13 +10,14 @@ import pytest
 from click.testing import CliRunner
 
 from edgetune import chat as chat_lib
-from edgetune.cli import _Cli, cli
+from edgetune.cli import cli
+from edgetune.cli.base import CliGroup
 from edgetune.cli.chat import chat, compare
 from edgetune.errors import ConfigError, DataError, ModelError
 
 PROMPTS = ["Which is larger, 9.9 or 9.11?", "It is 3 degrees and drops by 8. What is it now?"]
 # The main group with the two commands, built aside so the shared `cli` stays as it is.
-GROUP = _Cli(name="cli", commands={**cli.commands, "chat": chat, "compare": compare})
+GROUP = CliGroup(name="cli", commands={**cli.commands, "chat": chat, "compare": compare})
 
 
 def _run(*args, input: str | None = None):
@@ -172,7 +173,7 @@ def test_chat_interactive_ctrl_c_and_eof_end_cleanly(bundle, monkeypatch, stop):
 # --------------------------------------------------------------------------- library
 
 def test_session_prompt_is_the_gguf_template_rendered_as_transformers_does(bundle, manifest):
-    from edgetune.personas import render_chat_template
+    from edgetune.chat_format import render_chat_template
 
     rt = chat_lib.load_bundle_runtime(bundle)
     assert rt.quant == "Q4_K_M" and rt.quants == tuple(a["quant"] for a in manifest["artifacts"])

@@ -277,7 +277,7 @@ def _tamper(bundle: Path) -> str:
 
 
 def test_verify_ok(bundle: Path, creator):
-    result = _run("verify", bundle, "--key", creator.public_key)
+    result = _run("verify", bundle, "--public-key", creator.public_key)
     assert result.exit_code == 0, result.stderr
     files = [p for p in bundle.rglob("*") if p.is_file() and p.name != SIGNATURE_FILE]
     size = sum(p.stat().st_size for p in files)
@@ -292,7 +292,7 @@ def test_verify_ok(bundle: Path, creator):
 
 
 def test_verify_ok_json(bundle: Path, creator):
-    result = _run("verify", bundle, "--key", creator.public_key, "--json")
+    result = _run("verify", bundle, "--public-key", creator.public_key, "--json")
     assert result.exit_code == 0, result.stderr
     size = sum(p.stat().st_size for p in bundle.rglob("*")
                if p.is_file() and p.name != SIGNATURE_FILE)
@@ -302,7 +302,7 @@ def test_verify_ok_json(bundle: Path, creator):
 
 def test_verify_tampered_file(bundle: Path, creator):
     name = _tamper(bundle)
-    result = _run("verify", bundle, "--key", creator.public_key)
+    result = _run("verify", bundle, "--public-key", creator.public_key)
     assert result.exit_code == 5
     assert result.stdout == ""
     assert _err_lines(result) == [
@@ -314,7 +314,7 @@ def test_verify_tampered_file(bundle: Path, creator):
 
 def test_verify_tampered_file_json(bundle: Path, creator):
     name = _tamper(bundle)
-    result = _run("verify", bundle, "--key", creator.public_key, "--json")
+    result = _run("verify", bundle, "--public-key", creator.public_key, "--json")
     assert result.exit_code == 5
     report = json.loads(result.stdout)
     assert {k: report[k] for k in ("ok", "file", "exit_code")} == {
@@ -326,20 +326,20 @@ def test_verify_tampered_file_json(bundle: Path, creator):
 
 def test_verify_missing_bundle(tmp_path: Path, creator):
     missing = tmp_path / "nope"
-    result = _run("verify", missing, "--key", creator.public_key)
+    result = _run("verify", missing, "--public-key", creator.public_key)
     assert result.exit_code == 2
     assert _err_lines(result) == [f"Error: bundle folder not found: {missing}",
                                   "Hint: Pass the bundle's folder."]
     _no_traceback(result)
 
-    as_json = _run("verify", missing, "--key", creator.public_key, "--json")
+    as_json = _run("verify", missing, "--public-key", creator.public_key, "--json")
     assert as_json.exit_code == 2
     assert json.loads(as_json.stdout) == {"ok": False, "error": f"bundle folder not found: {missing}",
                                           "file": None, "exit_code": 2}
 
 
 def test_verify_wrong_public_key(bundle: Path, stranger):
-    result = _run("verify", bundle, "--key", stranger.public_key)
+    result = _run("verify", bundle, "--public-key", stranger.public_key)
     assert result.exit_code == 4
     assert result.stdout == ""
     errors = _err_lines(result)
@@ -351,7 +351,7 @@ def test_verify_wrong_public_key(bundle: Path, stranger):
 
 def test_verify_extra_file(bundle: Path, creator):
     (bundle / "notes.txt").write_text("sneaked in")
-    result = _run("verify", bundle, "--key", creator.public_key)
+    result = _run("verify", bundle, "--public-key", creator.public_key)
     assert result.exit_code == 6
     assert _err_lines(result)[0] == "Error: notes.txt: file is not covered by the signature"
     _no_traceback(result)
@@ -359,7 +359,7 @@ def test_verify_extra_file(bundle: Path, creator):
 
 def test_verify_missing_signed_file(bundle: Path, creator):
     (bundle / "README.md").unlink()
-    result = _run("verify", bundle, "--key", creator.public_key)
+    result = _run("verify", bundle, "--public-key", creator.public_key)
     assert result.exit_code == 7
     assert _err_lines(result)[0] == "Error: README.md: signed file is missing"
     _no_traceback(result)
@@ -367,14 +367,14 @@ def test_verify_missing_signed_file(bundle: Path, creator):
 
 def test_verify_unsigned_bundle(bundle: Path, creator):
     (bundle / SIGNATURE_FILE).unlink()
-    result = _run("verify", bundle, "--key", creator.public_key)
+    result = _run("verify", bundle, "--public-key", creator.public_key)
     assert result.exit_code == 3
     assert _err_lines(result)[0] == "Error: model.sig: the bundle is not signed"
     _no_traceback(result)
 
 
 def test_verify_missing_public_key_file(bundle: Path, tmp_path: Path):
-    result = _run("verify", bundle, "--key", tmp_path / "nope.pub")
+    result = _run("verify", bundle, "--public-key", tmp_path / "nope.pub")
     assert result.exit_code == 1
     assert _err_lines(result)[0] == f"Error: public key file not found: {tmp_path / 'nope.pub'}"
     _no_traceback(result)
@@ -383,7 +383,7 @@ def test_verify_missing_public_key_file(bundle: Path, tmp_path: Path):
 def test_verify_requires_key(bundle: Path):
     result = _run("verify", bundle)
     assert result.exit_code == 2  # Click usage error
-    assert "Missing option '--key'" in result.stderr
+    assert "Missing option '--public-key' / '--key'" in result.stderr
 
 
 def _hinted_commands(hint_line: str) -> list[str]:
@@ -395,9 +395,9 @@ def test_hints_only_name_existing_commands(case: str, bundle: Path, creator, tmp
     """A hint telling the user to run `edgetune X` must name a command that exists."""
     if case == "unsigned":
         (bundle / SIGNATURE_FILE).unlink()
-        result = _run("verify", bundle, "--key", creator.public_key)
+        result = _run("verify", bundle, "--public-key", creator.public_key)
     else:
-        result = _run("verify", bundle, "--key", tmp_path / "nope.pub")
+        result = _run("verify", bundle, "--public-key", tmp_path / "nope.pub")
     hints = [line for line in _err_lines(result) if line.startswith("Hint:")]
     assert hints
     named = [c for h in hints for c in _hinted_commands(h)]
@@ -596,6 +596,83 @@ def test_targets():
     assert "Mid-range phone (6 GB RAM)" in phone
     assert "ctx 8192" in desktop
     assert "Laptop or desktop with 16 GB RAM" in desktop
+
+
+# --------------------------------------------------------------------------- output in a pipe
+
+_LONG = "a-folder-name-long-enough-that-a-line-of-80-columns-could-never-hold-this-whole-path"
+
+
+def _fake_build_with_events(tmp_path: Path):
+    """A stand-in for pipeline.build: the events and result of a build, no model work."""
+    from types import SimpleNamespace
+
+    from edgetune.pipeline import BuildResult
+
+    def metrics(size_mib: int, gate) -> dict:
+        return {"size_bytes": size_mib * 2**20, "ram_needed_bytes": 3 * size_mib * 2**20,
+                "ppl_ratio": 1.0123, "kld_mean": 0.0456, "top1": 0.987, "task_accuracy": 0.75,
+                "decode_tps": 12345, "gate": gate}
+
+    report = {"target": "phone", "quants": {
+        "F16": metrics(9000, None), "Q4_K_M": metrics(2500, {"passed": True}),
+        "Q8_0": metrics(4800, {"passed": False})}}
+
+    def fake_build(project, profile, out, *, events, **kwargs):
+        for stage in ("train", "quantise", "evaluate"):
+            events.stage(stage, f"{stage} detail that goes on past the eightieth column: {_LONG}")
+            for step in range(21):
+                events.progress(stage, step, 20, f"step detail {step}")
+            events.note(f"a note with [brackets] about {stage}")
+            events.stage_done(stage, f"{stage} summary {_LONG}")
+        return BuildResult(bundle=SimpleNamespace(path=tmp_path / _LONG / "bundle"),
+                           public_key=tmp_path / _LONG / "edgetune.pub", eval_report=report)
+
+    return fake_build
+
+
+def test_build_output_in_a_pipe_is_plain_full_lines(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr("edgetune.pipeline.build", _fake_build_with_events(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner(env={"COLUMNS": "80", "NO_COLOR": None, "FORCE_COLOR": None}).invoke(
+        cli, ["build", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    for stage in ("train", "quantise", "evaluate"):  # every stage by its whole name, on one line
+        assert f"{stage:<9} {stage} detail that goes on past the eightieth column: {_LONG}" in lines
+        assert f"{stage:<9} ✓ {stage} summary {_LONG} (0:00:00)" in lines
+        assert f"note: a note with [brackets] about {stage}" in lines
+        # progress: every tenth of the way, not every step
+        assert [line for line in lines if line.startswith(f"{stage:<9} ") and "/20 " in line] == [
+            f"{stage:<9} {n}/20 step detail {n}" for n in range(0, 21, 2)]
+    rows = [line for line in lines if line.startswith(("│ Q4_K_M ", "│ Q8_0 ", "│ F16 "))]
+    assert len(rows) == 3, result.stderr  # one line a quant: never wrapped at 80 columns
+    assert all("…" not in line for line in lines)
+    q4 = next(row for row in rows if "Q4_K_M" in row).split("│")
+    assert [cell.strip() for cell in q4[1:-1]] == [
+        "Q4_K_M", "2,500.0 MiB", "7,500.0 MiB", "1.0123", "0.0456", "98.7%", "75.0%", "12,345",
+        "pass"]
+    assert f"Bundle: {tmp_path / _LONG / 'bundle'}" in lines
+    assert (f"Verify: edgetune verify {tmp_path / _LONG / 'bundle'} "
+            f"--public-key {tmp_path / _LONG / 'edgetune.pub'}") in lines
+    assert "\x1b[" not in result.stderr + result.stdout and result.stdout == ""
+
+
+@pytest.mark.parametrize("env", [{"NO_COLOR": "1"}, {"NO_COLOR": "1", "FORCE_COLOR": "1"}])
+def test_no_color_means_no_escape_codes(env: dict, tmp_path: Path, monkeypatch):
+    """Also where rich is told the console is a terminal (FORCE_COLOR): no colour, no live view."""
+    monkeypatch.setattr("edgetune.pipeline.build", _fake_build_with_events(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner(env=env).invoke(cli, ["build", "--out", str(tmp_path / "out")], color=True)
+    assert result.exit_code == 0, result.output
+    assert "\x1b[" not in result.stderr + result.stdout
+    assert f"{'quantise':<9} ✓ quantise summary {_LONG} (0:00:00)" in result.stderr.splitlines()
+    status = CliRunner(env=env).invoke(cli, ["status", "--out", str(tmp_path / "out")], color=True)
+    assert status.exit_code == 0, status.output
+    assert "missing" in status.stdout and "\x1b[" not in status.stdout
+    coloured = CliRunner(env={"NO_COLOR": None}).invoke(
+        cli, ["status", "--out", str(tmp_path / "out")], color=True)
+    assert "\x1b[" in coloured.stdout  # what NO_COLOR turned off
 
 
 # --------------------------------------------------------------------------- eval

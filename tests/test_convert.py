@@ -9,18 +9,25 @@ import shutil
 import pytest
 
 from edgetune import hf
+from edgetune.artifacts import MergedModel
 from edgetune.convert import check_logit_parity, check_tokenizer_parity, convert
 from edgetune.errors import ModelError, OutputExistsError, ParityError
+from edgetune.profiles import QuantProfile
 from edgetune.quantise import count_fallbacks, quantise
 from edgetune.tinymodel import FAMILIES
 from tests.conftest import chat_samples
+
+
+def _profile(*quants: str) -> QuantProfile:
+    return QuantProfile(name="test", description="", quants=quants, context_length=2048,
+                        memory_budget_mb=4096)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_convert_every_family_with_parity(family, tiny_model_factory, tmp_path):
     model_dir = tiny_model_factory(family)
     texts = chat_samples(hf.load_tokenizer(model_dir))
-    gguf = convert(model_dir, tmp_path / "gguf", name="Tiny", parity_texts=texts)
+    gguf = convert(MergedModel(path=model_dir), tmp_path / "gguf", name="Tiny", parity_texts=texts)
 
     assert gguf.gguf.is_file() and gguf.gguf.name == "Tiny-F16.gguf"
     assert gguf.tokenizer_parity["chat_template"] is True
@@ -32,9 +39,9 @@ def test_convert_every_family_with_parity(family, tiny_model_factory, tmp_path):
 
 def test_quantise_real_k_quants_without_fallback(tiny_model_factory, tmp_path):
     model_dir = tiny_model_factory("llama")
-    gguf = convert(model_dir, tmp_path / "gguf", name="Tiny",
+    gguf = convert(MergedModel(path=model_dir), tmp_path / "gguf", name="Tiny",
                    parity_texts=chat_samples(hf.load_tokenizer(model_dir)))
-    quants = quantise(gguf, ["Q4_K_M", "Q5_K_M", "Q8_0"], tmp_path / "q", name="Tiny")
+    quants = quantise(gguf, _profile("Q4_K_M", "Q5_K_M", "Q8_0"), tmp_path / "q", name="Tiny")
 
     sizes = {q: quants.gguf(q).stat().st_size for q in quants.files}
     assert sizes["Q4_K_M"] < sizes["Q5_K_M"] < sizes["Q8_0"] < gguf.gguf.stat().st_size
@@ -48,11 +55,35 @@ def test_fallbacks_are_counted_for_narrow_models(tmp_path):
 
     build_tiny_model(tmp_path / "hf", SAMPLE_TEXTS,
                      TinySpec(hidden_size=320, intermediate_size=640, num_heads=5, num_kv_heads=5))
-    gguf = convert(tmp_path / "hf", tmp_path / "gguf", name="Narrow",
+    gguf = convert(MergedModel(path=tmp_path / "hf"), tmp_path / "gguf", name="Narrow",
                    parity_texts=chat_samples(hf.load_tokenizer(tmp_path / "hf")))
-    quants = quantise(gguf, ["Q4_K_M"], tmp_path / "q", name="Narrow")
+    quants = quantise(gguf, _profile("Q4_K_M"), tmp_path / "q", name="Narrow")
     assert quants.fallbacks["Q4_K_M"] > 0
     assert count_fallbacks(quants.gguf("Q4_K_M"), "Q4_K_M") == quants.fallbacks["Q4_K_M"]
+
+
+def test_llama_cpp_log_lines_go_to_the_log_not_the_terminal(tmp_path, capfd):
+    """Quantisation's "falling back" notes (rows not 256-aligned) and llama.cpp's other log
+    lines land in the build log, not on stdout or stderr (Python's or the file descriptors);
+    with no log file (``build(verbose=True)``) they go to stderr."""
+    from tests.conftest import SAMPLE_TEXTS
+    from edgetune import llamacpp
+    from edgetune.tinymodel import TinySpec, build_tiny_model
+
+    build_tiny_model(tmp_path / "hf", SAMPLE_TEXTS,
+                     TinySpec(hidden_size=320, intermediate_size=640, num_heads=5, num_kv_heads=5))
+    gguf = convert(MergedModel(path=tmp_path / "hf"), tmp_path / "gguf", name="Narrow",
+                   parity_texts=chat_samples(hf.load_tokenizer(tmp_path / "hf")))
+    capfd.readouterr()
+    log = tmp_path / "build.log"
+    with llamacpp.log_lines(log):
+        quantise(gguf, _profile("Q4_K_M"), tmp_path / "q", name="Narrow")
+    shown = "".join(capfd.readouterr())
+    assert "falling back" in log.read_text() and "llama_model_quantize" in log.read_text()
+    assert "falling back" not in shown and "llama_model" not in shown
+    with llamacpp.log_lines(None):
+        quantise(gguf, _profile("Q4_K_M"), tmp_path / "q2", name="Narrow")
+    assert "falling back" in capfd.readouterr().err
 
 
 def test_broken_tokenizer_fails_the_build(tiny_model_factory, tmp_path):
@@ -66,7 +97,7 @@ def test_broken_tokenizer_fails_the_build(tiny_model_factory, tmp_path):
     texts = chat_samples(hf.load_tokenizer(broken))
 
     with pytest.raises(ParityError, match="tokenizer parity failed"):
-        convert(broken, tmp_path / "gguf", name="Broken", parity_texts=texts)
+        convert(MergedModel(path=broken), tmp_path / "gguf", name="Broken", parity_texts=texts)
     assert not (tmp_path / "gguf").exists()  # nothing half-written left behind
     assert not list(tmp_path.glob(".gguf.*"))
 
@@ -74,7 +105,7 @@ def test_broken_tokenizer_fails_the_build(tiny_model_factory, tmp_path):
 def test_logit_parity_detects_a_different_model(tiny_model_factory, tmp_path):
     """The GGUF of one model must not pass as another (e.g. a merge that was not applied)."""
     llama = tiny_model_factory("llama")
-    gguf = convert(llama, tmp_path / "gguf", name="A",
+    gguf = convert(MergedModel(path=llama), tmp_path / "gguf", name="A",
                    parity_texts=chat_samples(hf.load_tokenizer(llama)))
     other = tmp_path / "other"
     shutil.copytree(llama, other)
@@ -91,7 +122,7 @@ def test_logit_parity_detects_a_different_model(tiny_model_factory, tmp_path):
 
 def test_tokenizer_parity_passes_on_chat_text(tiny_model_factory, tmp_path):
     model_dir = tiny_model_factory("qwen2")
-    gguf = convert(model_dir, tmp_path / "g", name="Q", parity_texts=["short text for the parity"] * 20)
+    gguf = convert(MergedModel(path=model_dir), tmp_path / "g", name="Q", parity_texts=["short text for the parity"] * 20)
     result = check_tokenizer_parity(model_dir, gguf.gguf, chat_samples(hf.load_tokenizer(model_dir)))
     assert result["texts"] == 12
 
@@ -103,13 +134,13 @@ def test_unsupported_architecture_is_a_clear_error(tiny_model_factory, tmp_path)
     config["architectures"] = ["MambaForCausalLM"]
     (odd / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelError, match="unsupported architecture MambaForCausalLM"):
-        convert(odd, tmp_path / "gguf", name="Odd", parity_texts=["x"])
+        convert(MergedModel(path=odd), tmp_path / "gguf", name="Odd", parity_texts=["x"])
 
 
 def test_convert_refuses_existing_output(tiny_model_factory, tmp_path):
     (tmp_path / "gguf").mkdir()
     with pytest.raises(OutputExistsError):
-        convert(tiny_model_factory("llama"), tmp_path / "gguf", name="T", parity_texts=["x"])
+        convert(MergedModel(path=tiny_model_factory("llama")), tmp_path / "gguf", name="T", parity_texts=["x"])
 
 
 def test_reference_logits_come_from_a_clean_process_once_unsloth_is_loaded(tiny_model_factory,

@@ -88,7 +88,7 @@ def test_cli_refuses_gpus_on_this_machine_without_a_traceback(tmp_path):
 
 
 def test_gpus_in_the_project_file_and_its_check(tmp_path):
-    from edgetune.project import load_project
+    from edgetune.project.load import load_project
 
     good = tmp_path / "edgetune.yaml"
     good.write_text("project:\n  name: t\ntrain:\n  gpus: 2\n")

@@ -31,6 +31,7 @@ import pytest
 from edgetune.artifacts import GgufModel
 from edgetune.convert import run_converter
 from edgetune.fidelity import Fidelity, compare_many, eval_tokens
+from edgetune.profiles import QuantProfile
 from edgetune.quantise import count_fallbacks, quantise, quantise_file
 from edgetune.tinymodel import FAMILIES
 from tests.conftest import SAMPLE_TEXTS
@@ -65,8 +66,10 @@ def measured(tiny_model_factory, tmp_path_factory) -> dict[str, dict[str, Fideli
         uneven.path.mkdir()
         shutil.copyfile(f16, uneven.gguf)
         _spread_norms(uneven.gguf, sigma=1.0)
-        quants = quantise(uneven, ["Q4_K_M"], out / "quants", name="Tiny",
-                          imatrix_texts=CALIBRATION, imatrix_quants=["Q4_K_M"])
+        profile = QuantProfile(name="test", description="", quants=("Q4_K_M",),
+                               context_length=2048, memory_budget_mb=4096,
+                               imatrix_quants=("Q4_K_M",))
+        quants = quantise(uneven, profile, out / "quants", name="Tiny", imatrix_texts=CALIBRATION)
         assert quants.imatrix and quants.fallbacks == {"Q4_K_M": 0}
         results[family].update(compare_many(uneven.gguf, {
             "imatrix": quants.gguf("Q4_K_M"),

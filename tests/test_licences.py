@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edgetune import licences
+from edgetune import artifacts, licences
 from edgetune.errors import (
     ConfigError,
     DataError,
@@ -19,6 +19,7 @@ from edgetune.errors import (
     OutputExistsError,
     VerificationError,
 )
+from edgetune.licences import dsse
 from edgetune.licences import (
     LICENCE_TYPE,
     REVOCATIONS_TYPE,
@@ -67,10 +68,10 @@ def _fails(path: Path, pub: Path, **kwargs) -> VerificationError:
 
 def _reseal(path: Path, keys, change) -> None:
     """Edit the payload and sign it again with the creator key (a malformed but signed file)."""
-    key, key_id = licences._private_key(keys.private_key, None)
+    key, key_id = dsse.signing_key(keys.private_key, None)
     payload = _payload(path)
     change(payload)
-    path.write_text(json.dumps(licences._seal(LICENCE_TYPE, payload, key, key_id)))
+    path.write_text(json.dumps(dsse.seal(LICENCE_TYPE, payload, key, key_id)))
 
 
 # --- issue and verify --------------------------------------------------------------------------
@@ -175,7 +176,7 @@ def test_write_works_where_hard_links_do_not(keys, tmp_path: Path, monkeypatch):
     def no_links(src, dst):
         raise PermissionError(1, "Operation not permitted")
 
-    monkeypatch.setattr(licences.os, "link", no_links)  # e.g. a FAT-formatted USB stick
+    monkeypatch.setattr(artifacts.os, "link", no_links)  # e.g. a FAT-formatted USB stick
     path = _issue(keys, tmp_path)
     assert verify_licence(path, keys.public_key, **BUNDLE, now=NOW).follower == "ada@example.com"
     with pytest.raises(OutputExistsError):

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from edgetune.errors import ConfigError
-from edgetune.personas import (CHARACTER_CARD_FILE, LLMFARM_FILE, POCKETPAL_FILE, _ollama_path,
-                               Persona, derive_chat_format, llmfarm_prompt_format,
-                               ollama_template, persona_files, render_chat_template)
+from edgetune.chat_format import (derive_chat_format, llmfarm_prompt_format, ollama_template,
+                                  render_chat_template)
+from edgetune.personas import (CHARACTER_CARD_FILE, LLMFARM_FILE, POCKETPAL_FILE, Persona,
+                               ollama_path, persona_files)
 from edgetune.tinymodel import CHATML_TEMPLATE
 
 FIXTURES = Path(__file__).parent / "fixtures" / "personas"
@@ -250,14 +251,14 @@ def test_render_chat_template_matches_transformers(family):
 @pytest.mark.parametrize("family, ollama_name", [("chatml", "chatml"), ("qwen2", "chatml"),
                                                   ("llama3", "llama3-instruct"), ("phi3", "phi-3")])
 def test_our_ollama_template_renders_like_ollamas_published_one(family, ollama_name):
-    ours = make_files(family)[_ollama_path("template")].decode()
+    ours = make_files(family)[ollama_path("template")].decode()
     expected = ollama_fixture(f"{ollama_name}.system-user-assistant-user")
     assert ollama_render(ours, OLLAMA_TEST_CHAT) == expected
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_ollama_template_round_trips_the_jinja_template(family):
-    ours = make_files(family)[_ollama_path("template")].decode()
+    ours = make_files(family)[ollama_path("template")].decode()
     # Ollama's runner adds BOS itself (tokenizer.ggml.add_bos_token), so the template has none.
     assert ollama_render(ours, ONE_TURN) == jinja(family, ONE_TURN)
     assert ollama_render(ours, TWO_TURNS) == jinja(family, TWO_TURNS)
@@ -321,7 +322,7 @@ def test_a_template_that_cannot_be_mapped_is_refused_clearly(bad, why):
 def test_files_and_names():
     files = make_files()
     assert sorted(files) == sorted([POCKETPAL_FILE, CHARACTER_CARD_FILE, LLMFARM_FILE,
-                                    *(_ollama_path(n) for n in
+                                    *(ollama_path(n) for n in
                                       ("template", "system", "params", "Modelfile"))])
     assert all(isinstance(b, bytes) for b in files.values())
     # Ollama reads template/system/params at the repo root; the app files live under personas/.
@@ -367,13 +368,13 @@ def test_llmfarm_chat_has_the_fields_llmfarm_force_casts():
 
 def test_ollama_files_and_modelfile():
     files = make_files(sampling={"temperature": 1, "top_p": 0.9})
-    params = json.loads(files[_ollama_path("params")])
+    params = json.loads(files[ollama_path("params")])
     assert set(params) <= set(OLLAMA_OPTIONS)
     check_types(params, {k: OLLAMA_OPTIONS[k] for k in params})
     assert params == {"num_ctx": 4096, "stop": ["<|im_end|>"], "temperature": 1.0, "top_p": 0.9}
-    assert files[_ollama_path("system")].decode() == SYSTEM
+    assert files[ollama_path("system")].decode() == SYSTEM
     # Modelfile grammar (ollama parser/parser.go): INSTRUCTION value; "..." or """...""" values.
-    text = files[_ollama_path("Modelfile")].decode()
+    text = files[ollama_path("Modelfile")].decode()
     command = re.compile(r'(?ms)^#[^\n]*\n|^(FROM|TEMPLATE|SYSTEM|PARAMETER)[ \t]+(?:(\w+)[ \t]+)?'
                          r'(?:"""(.*?)"""(?=\s)|"([^"\n]*)"|([^\s"][^\n]*))\n')
     commands, pos = [], 0
@@ -388,7 +389,7 @@ def test_ollama_files_and_modelfile():
     # FROM is resolved against the Modelfile's folder (cmd.go: CreateRequest(filepath.Dir(...))).
     assert posixpath.normpath(source) == "ChefPip-Q4_K_M.gguf"
     values = {c[0]: c[2] for c in commands if c[0] in ("TEMPLATE", "SYSTEM")}
-    assert values == {"TEMPLATE": files[_ollama_path("template")].decode(), "SYSTEM": SYSTEM}
+    assert values == {"TEMPLATE": files[ollama_path("template")].decode(), "SYSTEM": SYSTEM}
     assert sorted((c[1], c[2]) for c in commands if c[0] == "PARAMETER") == \
         [("num_ctx", "4096"), ("stop", "<|im_end|>"), ("temperature", "1.0"), ("top_p", "0.9")]
 

@@ -16,7 +16,7 @@ from edgetune.gates import (GateFailure, GateResult, check_gates, failures_table
 from edgetune.profiles import (DEFAULT_THRESHOLDS, MIB, PROFILES_DIR, QuantProfile, QuantThresholds,
                                available_profiles, load_profile, parse_profile,
                                pocketpal_usable_ram_mib)
-from edgetune.quantise import QUANT_TYPES
+from edgetune.llamacpp import QUANT_TYPES
 
 SHIPPED = sorted(PROFILES_DIR.glob("*.yaml"))
 

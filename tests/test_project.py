@@ -22,8 +22,10 @@ from edgetune.cli import cli
 from edgetune.errors import ConfigError, EdgetuneError
 from edgetune.project import Project, demo_project
 from edgetune.profiles import available_profiles
-from edgetune.project import (DEFAULT_LICENSE_TERMS, PROJECT_FILE, TEMPLATES, Publish, init_project,
-                              load_project, schema)
+from edgetune.project import DEFAULT_LICENSE_TERMS, PROJECT_FILE, TEMPLATES, Publish
+from edgetune.project.init import init_project
+from edgetune.project.load import load_project
+from edgetune.project.schema import schema
 from edgetune.training.config import TrainConfig
 
 
@@ -168,14 +170,17 @@ def test_the_train_section_matches_train_config():
     assert train_keys <= set(fields)
     # Everything else is set elsewhere in the file: method.*, persona.system_prompt.
     assert set(fields) - train_keys == {"method", "rewards", "answer_format", "system_prompt"}
-    # The template states TrainConfig's defaults.
+    # The template states TrainConfig's defaults, or null where edgetune fits the setting to the
+    # model, the device and the data (training.defaults.FITTED).
+    from edgetune.training.defaults import FITTED
+
     train = yaml.safe_load((TEMPLATES / PROJECT_FILE).read_text())["train"]
-    assert train == {k: fields[k].default for k in train}
+    assert train == {k: None if k in FITTED else fields[k].default for k in train}
 
 
 def test_the_project_keys_match_project():
     attrs = {f.name for f in dataclasses.fields(Project)}
-    from edgetune.project import _PROJECT_ATTRS
+    from edgetune.project.load import _PROJECT_ATTRS
 
     assert set(_PROJECT_ATTRS.values()) <= attrs
     assert set(_PROJECT_ATTRS) <= set(_schema_keys())

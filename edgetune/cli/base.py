@@ -24,3 +24,18 @@ class ErrorGroup:
             if exc.hint:
                 click.echo(f"Hint: {exc.hint}", err=True)
             ctx.exit(exc.exit_code)
+
+
+def no_color() -> bool:
+    """https://no-color.org: NO_COLOR set to anything but the empty string."""
+    return bool(os.environ.get("NO_COLOR"))
+
+
+class CliGroup(ErrorGroup, click.Group):
+    """The main ``edgetune`` group's class, also for groups invoked on their own
+    (``followers``): edgetune's error output, and no styles from click.echo under NO_COLOR."""
+
+    def invoke(self, ctx: click.Context):
+        if no_color():
+            ctx.color = False  # inherited by the context of every command below
+        return super().invoke(ctx)

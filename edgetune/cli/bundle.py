@@ -13,7 +13,8 @@ from pathlib import Path
 
 import click
 
-from edgetune.cli.options import passphrase_for, private_key_option
+from edgetune.cli.options import (json_option, passphrase_for, public_key_option,
+                                  signing_key_option)
 from edgetune.errors import EdgetuneError
 from edgetune.keys import default_private_key
 
@@ -53,13 +54,13 @@ def keys_new(directory, name, passphrase, overwrite) -> None:
 
 @click.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--key", "public_key", type=click.Path(path_type=Path), required=True,
-              help="The creator's public key (.pub).")
+@public_key_option("The creator's public key (.pub), which checks the signature.",
+                   type=click.Path(path_type=Path), required=True)
 @click.option("--license", "--licence", "licence", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Also check this follower licence against the bundle.")
 @click.option("--revocations", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The creator's signed revocation list (with --license).")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option("Print the result as JSON.")
 def verify(bundle, public_key, licence, revocations, as_json) -> None:
     """Check a bundle's signature, every file's hash, and its manifest. Works offline.
 
@@ -69,8 +70,9 @@ def verify(bundle, public_key, licence, revocations, as_json) -> None:
 
     \b
     Examples:
-      edgetune verify edgetune-out/bundle --key ~/.edgetune/keys/edgetune.pub
-      edgetune verify bundle --key coach.pub --license ada.licence.json --revocations revoked.json
+      edgetune verify edgetune-out/bundle --public-key ~/.edgetune/keys/edgetune.pub
+      edgetune verify bundle --public-key coach.pub --license ada.licence.json \\
+          --revocations revoked.json
     """
     from edgetune.bundle import verify_bundle
 
@@ -109,7 +111,7 @@ def verify(bundle, public_key, licence, revocations, as_json) -> None:
 
 @click.command()
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@private_key_option
+@signing_key_option()
 def sign(bundle, private_key) -> None:
     """Sign a bundle again after editing it (model card, persona files, a GGUF).
 
@@ -142,7 +144,7 @@ def license_group() -> None:
               help="Devices the follower may use (recorded for apps; not enforceable offline).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("licences"),
               show_default=True, help="Folder for the <follower>.licence.json files.")
-@private_key_option
+@signing_key_option()
 def license_issue(bundle, follower, from_csv, expires, devices, out, private_key) -> None:
     """Issue follower licences for BUNDLE (its folder or edgetune.json).
 
@@ -177,7 +179,7 @@ def license_issue(bundle, follower, from_csv, expires, devices, out, private_key
 @click.option("--list", "revocations", type=click.Path(dir_okay=False, path_type=Path),
               required=True, help="The revocation list to create or extend (signed).")
 @click.option("--bundle-id", required=True, help="The bundle_id the licences were issued for.")
-@private_key_option
+@signing_key_option()
 def license_revoke(licences, revocations, bundle_id, private_key) -> None:
     """Revoke licences (files or 32-hex licence ids) in a signed revocation list.
 

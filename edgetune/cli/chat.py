@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from edgetune.cli.options import public_key_option
 from edgetune.errors import EdgetuneError
 
 _COMMAND = re.compile(r"/\w+")
@@ -35,9 +36,8 @@ def _error(exc: EdgetuneError) -> None:
 @click.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--quant", default=None, help=_QUANT_HELP)
-@click.option("--key", "public_key", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The creator's public key: verify the bundle before loading it (on failure, "
-                   "exits with `edgetune verify`'s code).")
+@public_key_option("The creator's public key: verify the bundle before loading it (on "
+                   "failure, exits with `edgetune verify`'s code).")
 @click.option("--system", default=None,
               help="System prompt to use instead of the persona's ('' for none).")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=512, show_default=True,
@@ -52,15 +52,15 @@ def chat(bundle, quant, public_key, system, max_tokens, show_prompt, as_json) ->
 
     Uses the bundle's system prompt, sampling, stop strings and default context (capped at
     the model's trained context); the oldest exchanges are dropped when the conversation
-    outgrows it. Type /reset to start over, /exit (or Ctrl-D, Ctrl-C) to leave. Without --key
-    the bundle is not verified, and a warning says so.
+    outgrows it. Type /reset to start over, /exit (or Ctrl-D, Ctrl-C) to leave. Without
+    --public-key the bundle is not verified, and a warning says so.
 
     When stdin is not a terminal, each line is a prompt (one conversation; /reset works) and
     the answers go to stdout, everything else to stderr.
 
     \b
     Examples:
-      edgetune chat edgetune-out/bundle --key ~/.edgetune/keys/edgetune.pub
+      edgetune chat edgetune-out/bundle --public-key ~/.edgetune/keys/edgetune.pub
       edgetune chat coach-bundle --quant Q8_0 --system "Answer in one sentence."
       printf 'Which is larger, 9.9 or 9.11?\\n' | edgetune chat edgetune-out/bundle --json
     """
@@ -207,11 +207,12 @@ def compare(prompts, base, tuned, quant, system, max_tokens, as_json) -> None:
     from rich.text import Text
 
     from edgetune.chat import compare as run_compare, model_source, read_prompts
-    from edgetune.cli.console import RichEvents, console, out
+    from edgetune.cli.console import build_events, print_table, stderr_console, stdout_console
 
     questions = read_prompts(prompts)
     base, tuned = model_source(base, quant), model_source(tuned, quant)  # errors before the view
-    with RichEvents() as events:
+    console = stderr_console()
+    with build_events(console) as events:
         def progress(role: str, done: int, total: int) -> None:
             events.progress(role, done, total, "answers")
 
@@ -230,4 +231,4 @@ def compare(prompts, base, tuned, quant, system, max_tokens, as_json) -> None:
     table.add_column(f"tuned: {result.tuned.label}")
     for row in result.rows:  # Text(): answers are shown as written, never as rich markup
         table.add_row(Text(row.prompt), Text(row.base), Text(row.tuned))
-    out.print(table)
+    print_table(stdout_console(), table)

@@ -13,21 +13,16 @@ from pathlib import Path
 
 import click
 
-from edgetune.cli.options import passphrase_for
-from edgetune.cli.base import ErrorGroup
+from edgetune.cli.base import CliGroup
+from edgetune.cli.options import json_option, passphrase_for, signing_key_option
 from edgetune.errors import EdgetuneError
 
-_FEW = 5  # more accepts than this get a progress bar
 _SHOWN = 50  # rows of a long list printed before "... and N more"
 _DEFAULT_REASON = ("No payment found for this account or the email you entered. If you paid, "
                    "contact the creator with your payment email.")
 
 
-class _Group(ErrorGroup, click.Group):
-    """Errors as the main CLI shows them, also when the group is invoked on its own."""
-
-
-@click.group(cls=_Group)
+@click.group(cls=CliGroup)  # errors as the main CLI shows them, also when invoked on its own
 def followers() -> None:
     """Followers of a gated Hugging Face repo: list, accept, reject, grant, and sync with payments.
 
@@ -42,8 +37,7 @@ def followers() -> None:
 
 
 def _hub_options(fn):
-    fn = click.option("--json", "as_json", is_flag=True,
-                      help="Print machine-readable JSON on stdout.")(fn)
+    fn = json_option("Print machine-readable JSON on stdout.")(fn)
     fn = click.option("--token", default=None, metavar="TOKEN",
                       help="Hugging Face token with write access to the repo. Default: HF_TOKEN, "
                            "else the token of `hf auth login`. Never printed.")(fn)
@@ -79,53 +73,11 @@ def _note(message: str) -> None:
     click.echo(f"note: {redact(message)}", err=True)
 
 
-class _Bar:
-    """A rich progress bar on stderr, shown only when there are more than a few calls."""
+def _print(table) -> None:
+    """On stdout; in a pipe, each request stays on one line (console.print_table)."""
+    from edgetune.cli.console import print_table, stdout_console
 
-    def __init__(self) -> None:
-        self._progress = None
-        self._task = None
-
-    def __call__(self, what: str, done: int, total: int) -> None:
-        if total <= _FEW:
-            return
-        from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn)
-
-        if self._progress is None:
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                      MofNCompleteColumn(), TimeElapsedColumn(),
-                                      console=Console(stderr=True), transient=True)
-            self._progress.start()
-        if done == 0 or self._task is None:
-            if self._task is not None:
-                self._progress.remove_task(self._task)
-            self._task = self._progress.add_task(f"{what}ing", total=total)
-        self._progress.update(self._task, completed=done)
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
-
-
-@contextlib.contextmanager
-def _bar():
-    bar = _Bar()
-    try:
-        yield bar
-    finally:
-        bar.close()
-
-
-def _out():
-    from rich.console import Console
-
-    console = Console(highlight=False)
-    if not console.is_terminal:  # piped or redirected: keep each request on one line
-        console.width = 240
-    return console
+    print_table(stdout_console(highlight=False), table)
 
 
 def _when(request) -> str:
@@ -168,7 +120,7 @@ def _show_list(repo: str, token: str | None, status: str, as_json: bool) -> None
     if not requests:
         click.echo(f"No {what}access requests on {repo}.")
         return
-    _out().print(_requests_table(requests, f"{len(requests)} {what}access request(s) on {repo}"))
+    _print(_requests_table(requests, f"{len(requests)} {what}access request(s) on {repo}"))
 
 
 @followers.command("pending")
@@ -217,7 +169,9 @@ def _finish(result_json: dict, error, failed: int, as_json: bool) -> None:
 def _handle(repo, users, token, as_json, action, reason=None) -> None:
     from edgetune.followers import handle
 
-    with _json_errors(as_json), _bar() as bar:
+    from edgetune.cli.console import count_bar
+
+    with _json_errors(as_json), count_bar() as bar:
         result = handle(_client(repo, token), repo, users, action, reason=reason,
                         on_progress=bar, on_retry=_note)
     if not as_json:
@@ -304,10 +258,9 @@ def _names(requests, limit: int = _SHOWN) -> str:
               type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for the <username>.licence.json files. "
                    "Default: licences/<bundle_id>-<version>")
-@click.option("--key", "private_key", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="The creator's private key (with --licences-for). Default: "
-                                 "~/.edgetune/keys/edgetune.key (passphrase from "
-                                 "EDGETUNE_KEY_PASSPHRASE, or asked for).")
+@signing_key_option("The creator's private key, which signs the licences (with "
+                    "--licences-for). Default: ~/.edgetune/keys/edgetune.key (passphrase from "
+                    "EDGETUNE_KEY_PASSPHRASE, or asked for).")
 def sync_cmd(repo, token, as_json, paid, dry_run, reject_unpaid, reason, recheck_rejected,
              licences_for, licences_dir, private_key) -> None:
     """Accept every pending request of REPO whose follower is in the --paid CSV.
@@ -329,10 +282,11 @@ def sync_cmd(repo, token, as_json, paid, dry_run, reject_unpaid, reason, recheck
           --licences-for edgetune-out/bundle --licences-dir licences
     """
     from edgetune import followers as fl
+    from edgetune.cli.console import count_bar
     from edgetune.payments import read_payments
 
     if licences_for is None and (licences_dir is not None or private_key is not None):
-        raise click.UsageError("--licences-dir and --key go with --licences-for BUNDLE")
+        raise click.UsageError("--licences-dir and --signing-key go with --licences-for BUNDLE")
     with _json_errors(as_json):
         fl.hub.check_repo_id(repo)
         payments = read_payments(paid)  # a bad CSV stops before any Hub call
@@ -346,7 +300,7 @@ def sync_cmd(repo, token, as_json, paid, dry_run, reject_unpaid, reason, recheck
             # one folder per release by default: a licence binds one exact version
             licences_dir = licences_dir or Path("licences") / f"{bundle_id}-{version}"
         client = _client(repo, token)
-        with _bar() as bar:
+        with count_bar() as bar:
             result = fl.sync(client, repo, payments, dry_run=dry_run,
                              reject_unpaid=reject_unpaid, recheck_rejected=recheck_rejected,
                              reason=reason if reject_unpaid else None, on_progress=bar,
@@ -406,7 +360,7 @@ def sync_cmd(repo, token, as_json, paid, dry_run, reject_unpaid, reason, recheck
         click.echo(f"{'Would accept' if dry_run else 'Accepted'}: {_names(result.accepted)}")
     if result.unpaid:
         title = (f"Not in {paid.name} ({would}{unpaid_fate}): {len(result.unpaid)} request(s)")
-        _out().print(_requests_table(result.unpaid[:_SHOWN], title, result.fate))
+        _print(_requests_table(result.unpaid[:_SHOWN], title, result.fate))
         if len(result.unpaid) > _SHOWN:
             click.echo(f"... and {len(result.unpaid) - _SHOWN} more (--json lists all)")
     if result.conflicts:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from edgetune.cli.options import passphrase_for, private_key_option
+from edgetune.cli.options import (json_option, passphrase_for, public_key_option,
+                                  signing_key_option)
 from edgetune.keys import default_private_key
 from edgetune.report import human_size
 
@@ -28,11 +29,12 @@ _TOKEN = click.option("--token", default=None, metavar="TOKEN",
 @click.option("--public", "access", flag_value="public", help="Anyone can download.")
 @click.option("--dry-run", is_flag=True,
               help="Print the files that would be uploaded and the model card; change nothing.")
-@private_key_option
+@signing_key_option()
 @click.option("--public-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The creator's public key. Default: the .pub beside --key.")
+              help="The creator's public key, which checks the signed bundle before upload. "
+                   "Default: the .pub beside --signing-key.")
 @_TOKEN
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option("Print the result as JSON.")
 def publish(bundle, repo, access, dry_run, private_key, public_key, token, as_json) -> None:
     """Publish a signed bundle as a Hugging Face model repo, tagged with its version.
 
@@ -47,9 +49,10 @@ def publish(bundle, repo, access, dry_run, private_key, public_key, token, as_js
       edgetune publish edgetune-out/bundle --repo coach-ada/marathon-coach --dry-run
     """
     from edgetune.bundle import read_manifest
-    from edgetune.cli.console import console
+    from edgetune.cli.console import stderr_console
     from edgetune.publish import publish as run_publish
 
+    console = stderr_console()
     manifest = read_manifest(Path(bundle).resolve())
     dist = manifest.get("distribution") or {}
     repo = repo or dist.get("hf_repo")
@@ -86,8 +89,8 @@ def publish(bundle, repo, access, dry_run, private_key, public_key, token, as_js
 
 @click.command()
 @click.argument("target", metavar="USER/NAME[:QUANT]")
-@click.option("--key", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The creator's public key (.pub). Needed the first time; remembered per repo.")
+@public_key_option("The creator's public key (.pub), which checks the download. Needed the "
+                   "first time; remembered per repo.")
 @click.option("--license", "--licence", "licence", type=click.Path(exists=True, dir_okay=False,
               path_type=Path), default=None, help="Your licence file: checked before success.")
 @click.option("--revocations", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -97,8 +100,8 @@ def publish(bundle, repo, access, dry_run, private_key, public_key, token, as_js
               help="Folder for the bundle. Default: NAME (or NAME-QUANT).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out folder.")
 @_TOKEN
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def pull(target, key, licence, revocations, revision, out, overwrite, token, as_json) -> None:
+@json_option("Print the result as JSON.")
+def pull(target, public_key, licence, revocations, revision, out, overwrite, token, as_json) -> None:
     """Download a published bundle (or one quant of it) and verify it before saying it is there.
 
     Checks the creator's signature, every file's hash, the manifest and, with --license, your
@@ -107,15 +110,17 @@ def pull(target, key, licence, revocations, revision, out, overwrite, token, as_
 
     \b
     Examples:
-      edgetune pull coach-ada/marathon-coach:Q4_K_M --key coach.pub --license ada.licence.json
+      edgetune pull coach-ada/marathon-coach:Q4_K_M --public-key coach.pub \\
+          --license ada.licence.json
       edgetune chat marathon-coach-Q4_K_M
     """
-    from edgetune.cli.console import console
+    from edgetune.cli.console import stderr_console
     from edgetune.pull import pull as run_pull
 
+    console = stderr_console()
     if revocations is not None and licence is None:
         raise click.UsageError("--revocations needs --license")
-    result = run_pull(target, out=out, key=key, licence=licence, revocations=revocations,
+    result = run_pull(target, out=out, key=public_key, licence=licence, revocations=revocations,
                       revision=revision, token=token, overwrite=overwrite,
                       on_note=lambda m: console.print(f"[dim]{m}[/]", highlight=False))
     if as_json:

@@ -27,7 +27,8 @@ from pathlib import Path
 from edgetune.bundle import REPORT_FILE, BundleInfo, BundleModel, build_bundle, gguf_file_name
 from edgetune.tinymodel import CHATML_TEMPLATE
 from edgetune.licences import issue_licence, revoke, write_licence
-from edgetune.signing import generate_keypair, sign_bundle
+from edgetune.keys import generate_keypair
+from edgetune.signing import sign_bundle
 
 CREATOR, OTHER = "TEST-ONLY-creator", "TEST-ONLY-other"  # never use these keys for real
 BUNDLE_ID, VERSION, NAME = "vector-demo", "1.0.0", "vector-demo"

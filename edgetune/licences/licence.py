@@ -1,10 +1,7 @@
-"""Per-follower licences and revocation lists, signed offline with the creator's bundle key.
-
-A licence is a DSSE envelope over a small JSON payload that binds one follower to one
-``bundle_id`` and exact ``version``; a revocation list is a DSSE envelope listing revoked
-licence ids. Both are signed with the same ECDSA P-256 key as ``model.sig``, so an app that
-holds ``creator.pub`` can check everything offline. Formats and exit codes (12-16, after the
-bundle's 2-11): ``mobile_bundle/SPEC.md`` ("Licences").
+"""Per-follower licences: a DSSE envelope over a small JSON payload that binds one follower to
+one ``bundle_id`` and exact ``version``, signed offline with the creator's bundle key (the same
+ECDSA P-256 key as ``model.sig``), so an app that holds ``creator.pub`` can check it offline.
+Format and exit codes (12-16, after the bundle's 2-11): ``mobile_bundle/SPEC.md`` ("Licences").
 """
 
 from __future__ import annotations
@@ -16,39 +13,39 @@ import json
 import os
 import re
 import secrets
-import tempfile
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from edgetune import keys, signing
-from edgetune.artifacts import write_bytes_atomic
+from edgetune.artifacts import atomic_file
 from edgetune.errors import ConfigError, DataError, OutputExistsError, VerificationError
+from edgetune.licences.dsse import malformed, open_envelope, seal, signing_key, verifying_key
+from edgetune.licences.formats import (
+    ASK_CREATOR,
+    BUNDLE_ID_PATTERN,
+    EXIT_BAD_SIGNATURE,
+    EXIT_EXPIRED,
+    EXIT_OTHER_BUNDLE,
+    EXIT_REVOKED,
+    HEX64_PATTERN,
+    LICENCE_ID_PATTERN,
+    STAMP_PATTERN,
+    stamp,
+    utc,
+)
+from edgetune.licences.revocations import RevocationList, open_revocations
 
 LICENCE_TYPE = "application/vnd.edgetune.licence+json"
-REVOCATIONS_TYPE = "application/vnd.edgetune.revocations+json"
 LICENCE_VERSION = "1.0"
-REVOCATIONS_VERSION = "1.0"
 LICENCE_SUFFIX = ".licence.json"
 
-EXIT_BAD_SIGNATURE = 12  # licence or revocation list not signed by this key
-EXIT_EXPIRED = 13
-EXIT_OTHER_BUNDLE = 14  # bound to another bundle_id or version
-EXIT_REVOKED = 15
-EXIT_MALFORMED = 16  # missing, unreadable or malformed licence or revocation list
-
-_BUNDLE_ID = re.compile(r"[a-z0-9][a-z0-9-]{1,63}")
 _SEMVER = re.compile(  # the manifest schema's semver 2.0 pattern
     r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)"
     r"(?:-((?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)"
     r"(?:\.(?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
     r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?")
-_LICENCE_ID = re.compile(r"[0-9a-f]{32}")
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-_STAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 _RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
                       r"([Zz]|[+-][0-9]{2}:[0-9]{2})")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -59,7 +56,6 @@ _LICENCE_OPTIONAL = {"expires", "devices"}
 _CSV_COLUMNS = ("follower", "expires", "devices")
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
                      *(f"LPT{i}" for i in range(1, 10))}
-_ASK_CREATOR = "Ask the creator for a new licence file."
 
 
 @dataclass(frozen=True)
@@ -77,116 +73,7 @@ class LicenceInfo:
     key_id: str
 
 
-@dataclass(frozen=True)
-class Revocation:
-    licence_id: str
-    bundle_id: str
-    revoked: str  # RFC 3339 UTC stamp
-
-
-@dataclass(frozen=True)
-class RevocationList:
-    sequence: int  # grows by one on every change: apps refuse a list older than one seen
-    issued: str
-    key_id: str
-    entries: tuple[Revocation, ...]
-
-    def is_revoked(self, licence_id: str) -> bool:
-        return any(e.licence_id == licence_id for e in self.entries)
-
-
-# --- DSSE -----------------------------------------------------------------------------------
-# DSSE v1 (github.com/secure-systems-lab/dsse): the signature covers PAE(type, payload), so
-# the payload type is signed too and a licence cannot be passed off as a revocation list.
-# Written by hand because it is 3 lines and the only Python DSSE code (securesystemslib,
-# sigstore) brings Sigstore-specific key and bundle types that ports to phones would not have.
-
-def _pae(payload_type: str, payload: bytes) -> bytes:
-    kind = payload_type.encode("utf-8")
-    return b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(payload), payload)
-
-
-def _seal(payload_type: str, payload: dict, key: Any, key_id: str) -> dict:
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    body = json.dumps(payload, sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=False).encode("utf-8")
-    sig = key.sign(_pae(payload_type, body), ec.ECDSA(hashes.SHA256()))  # DER-encoded
-    return {"payloadType": payload_type, "payload": base64.b64encode(body).decode("ascii"),
-            "signatures": [{"keyid": key_id, "sig": base64.b64encode(sig).decode("ascii")}]}
-
-
-def _malformed(path: Path, why: str, what: str = "licence") -> VerificationError:
-    return VerificationError(f"{path}: malformed {what} ({why})", _ASK_CREATOR,
-                             path=str(path), exit_code=EXIT_MALFORMED)
-
-
-def _open(path: Path, payload_type: str, public_key: Any, what: str) -> dict:
-    """Read a DSSE envelope, check its one signature against ``public_key``, return the payload."""
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    path = Path(path)
-    try:
-        env = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise _malformed(path, "file not found", what) from None
-    except OSError as e:
-        raise _malformed(path, f"cannot read: {e.strerror}", what) from None
-    except ValueError:
-        raise _malformed(path, "not JSON", what) from None
-    sigs = env.get("signatures") if isinstance(env, dict) else None
-    if not (isinstance(sigs, list) and len(sigs) == 1 and isinstance(sigs[0], dict)
-            and isinstance(sigs[0].get("sig"), str) and isinstance(env.get("payload"), str)):
-        raise _malformed(path, "not a DSSE envelope with one signature", what)
-    if env.get("payloadType") != payload_type:
-        raise _malformed(path, f"payloadType is not {payload_type}", what)
-    try:
-        body = base64.b64decode(env["payload"], validate=True)
-        sig = base64.b64decode(sigs[0]["sig"], validate=True)
-    except ValueError:
-        raise _malformed(path, "bad base64", what) from None
-    try:
-        public_key.verify(sig, _pae(payload_type, body), ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
-        raise VerificationError(
-            f"{path}: the {what} signature does not match the creator's public key",
-            "Check that you have the right creator key; otherwise the file was altered or "
-            "signed by someone else.", path=str(path), exit_code=EXIT_BAD_SIGNATURE) from None
-    try:
-        payload = json.loads(body.decode("utf-8"))
-    except ValueError:
-        raise _malformed(path, "payload is not UTF-8 JSON", what) from None
-    if not isinstance(payload, dict):
-        raise _malformed(path, "payload is not a JSON object", what)
-    return payload
-
-
-# --- keys and time --------------------------------------------------------------------------
-
-def _private_key(path: Path, passphrase: str | None) -> tuple[Any, str]:
-    """Load the creator's private key once; return it with its key id."""
-    key = keys.load_private_key(Path(path), passphrase)  # KeyFileErrors that never echo secrets
-    return key, keys.key_id(key.public_key())
-
-
-def _public_key(path: Path) -> tuple[Any, str]:
-    key = keys.load_public_key(Path(path))  # KeyFileError (exit 1) when unusable
-    return key, keys.key_id(key)
-
-
-def _utc(now: datetime | None) -> datetime:
-    """``now`` (naive means UTC) or the current time, in UTC, to whole seconds."""
-    now = now or datetime.now(timezone.utc)
-    now = now.replace(tzinfo=timezone.utc) if now.tzinfo is None else now.astimezone(timezone.utc)
-    return now.replace(microsecond=0)
-
-
-def _stamp(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
+# --- expiry --------------------------------------------------------------------------------------
 
 def _expiry(value: str | date | datetime) -> tuple[str, datetime]:
     """Normalise an expiry to its stored form and the first instant it no longer holds.
@@ -198,7 +85,7 @@ def _expiry(value: str | date | datetime) -> tuple[str, datetime]:
         if value.tzinfo is None:
             raise ValueError("a date-time needs a time zone, e.g. 2026-12-31T18:00:00Z")
         moment = value.astimezone(timezone.utc).replace(microsecond=0)
-        return _stamp(moment), moment
+        return stamp(moment), moment
     if isinstance(value, date):
         return value.isoformat(), datetime.combine(value + timedelta(days=1), time(),
                                                    timezone.utc)
@@ -221,14 +108,14 @@ def _licence_payload(*, key_id: str, bundle_id: str, bundle_version: str, follow
         raise ValueError("follower: must be a non-empty string")
     if len(follower) > _FOLLOWER_MAX or _CONTROL.search(follower):
         raise ValueError(f"follower: at most {_FOLLOWER_MAX} characters, no control characters")
-    if not isinstance(bundle_id, str) or not _BUNDLE_ID.fullmatch(bundle_id):
+    if not isinstance(bundle_id, str) or not BUNDLE_ID_PATTERN.fullmatch(bundle_id):
         raise ValueError(f"bundle_id: {bundle_id!r} is not a bundle id (lowercase letters, "
                          "digits and '-', 2-64 characters)")
     if not isinstance(bundle_version, str) or not _SEMVER.fullmatch(bundle_version):
         raise ValueError(f"bundle_version: {bundle_version!r} is not a semver version")
     payload = {"licence_version": LICENCE_VERSION, "licence_id": secrets.token_hex(16),
                "bundle_id": bundle_id, "bundle_version": bundle_version, "follower": follower,
-               "issued": _stamp(now), "key_id": key_id}
+               "issued": stamp(now), "key_id": key_id}
     if expires not in (None, ""):
         try:
             payload["expires"], until = _expiry(expires)
@@ -251,74 +138,47 @@ def issue_licence(private_key: Path, passphrase: str | None, *, bundle_id: str,
                   bundle_version: str, follower: str, expires: str | date | None = None,
                   devices: int | None = None, now: datetime | None = None) -> dict:
     """Return a signed licence (a DSSE envelope as a dict; write it with write_licence)."""
-    key, key_id = _private_key(Path(private_key), passphrase)
+    key, key_id = signing_key(Path(private_key), passphrase)
     try:
         payload = _licence_payload(key_id=key_id, bundle_id=bundle_id,
                                    bundle_version=bundle_version, follower=follower,
-                                   expires=expires, devices=devices, now=_utc(now))
+                                   expires=expires, devices=devices, now=utc(now))
     except ValueError as e:
         raise ConfigError(f"cannot issue licence: {e}",
                           "See mobile_bundle/SPEC.md (Licences).") from None
-    return _seal(LICENCE_TYPE, payload, key, key_id)
+    return seal(LICENCE_TYPE, payload, key, key_id)
 
 
 def issue_for_bundle(private_key: Path, passphrase: str | None, bundle: Path, *, follower: str,
                      expires: str | date | None = None, devices: int | None = None,
                      now: datetime | None = None) -> dict:
     """Like ``issue_licence``, bound to the bundle folder (or edgetune.json) signed by this key."""
-    key, key_id = _private_key(Path(private_key), passphrase)
+    key, key_id = signing_key(Path(private_key), passphrase)
     bundle_id, version = _bundle_ids(Path(bundle), key_id)
     try:
         payload = _licence_payload(key_id=key_id, bundle_id=bundle_id, bundle_version=version,
                                    follower=follower, expires=expires, devices=devices,
-                                   now=_utc(now))
+                                   now=utc(now))
     except ValueError as e:
         raise ConfigError(f"cannot issue licence: {e}",
                           "See mobile_bundle/SPEC.md (Licences).") from None
-    return _seal(LICENCE_TYPE, payload, key, key_id)
-
-
-def _stage(path: Path, data: dict, *, sync: bool = True) -> str:
-    """Write ``data`` to a hidden temporary file beside ``path``; return its name."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-            if sync:  # a name must never point at an empty file after a power cut
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return tmp
-
-
-def _publish(tmp: str, path: Path) -> None:
-    """Give the staged file its final name, atomically and never over an existing file."""
-    try:
-        os.link(tmp, path)  # unlike rename, fails if the name exists (FileExistsError)
-    except FileExistsError:
-        raise
-    except OSError:  # no hard links here (FAT, some network shares): check, then rename
-        if os.path.lexists(path):
-            raise FileExistsError(path) from None
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    return seal(LICENCE_TYPE, payload, key, key_id)
 
 
 def write_licence(licence: dict, path: Path) -> Path:
     """Write one licence file; refuses to overwrite."""
     path = Path(path)
     try:
-        _publish(_stage(path, licence), path)
+        with atomic_file(path, overwrite=False) as tmp:
+            _write_envelope(tmp, licence)
     except FileExistsError:
         raise OutputExistsError(f"{path} already exists",
                                 "Pick another file name; licences are never overwritten.") from None
     return path
+
+
+def _write_envelope(path: Path, envelope: dict) -> None:
+    path.write_text(json.dumps(envelope, indent=2) + "\n", encoding="utf-8")
 
 
 def licence_id_of(path: Path) -> str:
@@ -333,7 +193,7 @@ def licence_id_of(path: Path) -> str:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{path}: not a licence file ({e})",
                           "Pass licence files written by `edgetune license issue`.") from None
-    if not isinstance(licence_id, str) or not _LICENCE_ID.fullmatch(licence_id):
+    if not isinstance(licence_id, str) or not LICENCE_ID_PATTERN.fullmatch(licence_id):
         raise ConfigError(f"{path}: not a licence file (bad licence_id)",
                           "Pass licence files written by `edgetune license issue`.")
     return licence_id
@@ -370,13 +230,13 @@ def issue_from_csv(private_key: Path, passphrase: str | None,
     Every bad row is reported together, by row number and column, before anything is written;
     existing files are never overwritten. Returns the paths in row order.
     """
-    key, key_id = _private_key(Path(private_key), passphrase)  # once, not per row
+    key, key_id = signing_key(Path(private_key), passphrase)  # once, not per row
     bundle_id, version = _bundle_ids(bundle_manifest_or_ids, key_id)
-    if not (isinstance(bundle_id, str) and _BUNDLE_ID.fullmatch(bundle_id)
+    if not (isinstance(bundle_id, str) and BUNDLE_ID_PATTERN.fullmatch(bundle_id)
             and isinstance(version, str) and _SEMVER.fullmatch(version)):
         raise ConfigError(f"not a bundle id and semver version: {bundle_id!r} {version!r}",
                           "Pass the bundle folder, or its bundle_id and version.")
-    csv_path, out_dir, moment = Path(csv_path), Path(out_dir), _utc(now)
+    csv_path, out_dir, moment = Path(csv_path), Path(out_dir), utc(now)
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
@@ -426,27 +286,34 @@ def issue_from_csv(private_key: Path, passphrase: str | None,
                                 "those rows; licences are never overwritten.")
     out_dir.mkdir(parents=True, exist_ok=True)
     # One os.sync() for the batch instead of 1,000 fsyncs (3.5 s on an SSD): stage every
-    # file, flush them all, then publish the names.
+    # file, flush them all, then publish the names (each atomic_file publishes its name when
+    # the stack unwinds, after the sync).
     batch_sync = hasattr(os, "sync")
-    staged: list[str] = []
     written: list[Path] = []
     try:
-        for path, payload in planned:
-            staged.append(_stage(path, _seal(LICENCE_TYPE, payload, key, key_id),
-                                 sync=not batch_sync))
-        if batch_sync:
-            os.sync()
-        for tmp, (path, _payload) in zip(staged, planned):
-            _publish(tmp, path)
-            written.append(path)
+        with contextlib.ExitStack() as stack:
+            for path, payload in planned:
+                stack.push(_note_published(path, written))  # runs after that file's publish
+                tmp = stack.enter_context(atomic_file(path, sync=not batch_sync,
+                                                      overwrite=False))
+                _write_envelope(tmp, seal(LICENCE_TYPE, payload, key, key_id))
+            if batch_sync:
+                os.sync()
     except BaseException:  # all or nothing: remove what this run wrote
-        for tmp in staged:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
         for path in written:
             path.unlink(missing_ok=True)
         raise
-    return written
+    return [path for path, _payload in planned]
+
+
+def _note_published(path: Path, written: list[Path]) -> Any:
+    """An exit callback that adds ``path`` to ``written`` when its file was published."""
+    def note(exc_type: Any, exc: Any, tb: Any) -> bool:
+        if exc_type is None:
+            written.append(path)
+        return False  # never swallow the error
+
+    return note
 
 
 # --- verifying ----------------------------------------------------------------------------------
@@ -458,13 +325,13 @@ def _licence_problem(p: dict) -> str | None:
         (not missing, f"missing {', '.join(missing)}"),
         (not unknown, f"unknown field {', '.join(unknown)}"),
         (p.get("licence_version") == LICENCE_VERSION, "licence_version is not 1.0"),
-        (_LICENCE_ID.fullmatch(str(p.get("licence_id"))), "bad licence_id"),
-        (_HEX64.fullmatch(str(p.get("key_id"))), "bad key_id"),
+        (LICENCE_ID_PATTERN.fullmatch(str(p.get("licence_id"))), "bad licence_id"),
+        (HEX64_PATTERN.fullmatch(str(p.get("key_id"))), "bad key_id"),
         (all(isinstance(p.get(k), str) and p[k] for k in ("bundle_id", "bundle_version",
                                                           "follower")), "empty field"),
-        (_STAMP.fullmatch(str(p.get("issued"))), "bad issued"),
+        (STAMP_PATTERN.fullmatch(str(p.get("issued"))), "bad issued"),
         ("expires" not in p or _DATE.fullmatch(str(p["expires"]))
-         or _STAMP.fullmatch(str(p["expires"])), "bad expires"),
+         or STAMP_PATTERN.fullmatch(str(p["expires"])), "bad expires"),
         ("devices" not in p or (type(p["devices"]) is int and p["devices"] >= 1), "bad devices"),
     ]
     return next((why for ok, why in checks if not ok), None)
@@ -472,21 +339,21 @@ def _licence_problem(p: dict) -> str | None:
 
 def read_licence(licence_path: Path, public_key_path: Path) -> LicenceInfo:
     """Check a licence's format and signature only (no binding, expiry or revocation)."""
-    public_key, key_id = _public_key(public_key_path)
+    public_key, key_id = verifying_key(public_key_path)
     return _read_licence(Path(licence_path), public_key, key_id)
 
 
 def _read_licence(path: Path, public_key: Any, key_id: str) -> LicenceInfo:
-    p = _open(path, LICENCE_TYPE, public_key, "licence")
+    p = open_envelope(path, LICENCE_TYPE, public_key, "licence")
     if why := _licence_problem(p):
-        raise _malformed(path, why)
+        raise malformed(path, why)
     try:
         expires, until = _expiry(p["expires"]) if "expires" in p else (None, None)
     except ValueError:  # e.g. 2026-02-30
-        raise _malformed(path, "bad expires") from None
+        raise malformed(path, "bad expires") from None
     if p["key_id"] != key_id:
         raise VerificationError(f"{path}: licence names creator key {p['key_id']}, not this key",
-                                _ASK_CREATOR, path=str(path), exit_code=EXIT_BAD_SIGNATURE)
+                                ASK_CREATOR, path=str(path), exit_code=EXIT_BAD_SIGNATURE)
     return LicenceInfo(p["licence_id"], p["bundle_id"], p["bundle_version"], p["follower"],
                        p["issued"], expires, until, p.get("devices"), p["key_id"])
 
@@ -496,11 +363,11 @@ def verify_licence(licence_path: Path, public_key_path: Path, *, bundle_id: str,
                    revocations: RevocationList | Path | None = None) -> LicenceInfo:
     """Check a licence for this exact bundle and version; raise VerificationError (12-16)."""
     path = Path(licence_path)
-    public_key, key_id = _public_key(public_key_path)
+    public_key, key_id = verifying_key(public_key_path)
     if isinstance(revocations, (str, Path)):
-        revocations = _load_revocations(Path(revocations), public_key, key_id, None)
+        revocations = open_revocations(Path(revocations), public_key, key_id, None)
     elif revocations is not None and revocations.key_id != key_id:
-        raise VerificationError("revocation list was signed by another key", _ASK_CREATOR,
+        raise VerificationError("revocation list was signed by another key", ASK_CREATOR,
                                 exit_code=EXIT_BAD_SIGNATURE)
     info = _read_licence(path, public_key, key_id)
     if (info.bundle_id, info.bundle_version) != (bundle_id, bundle_version):
@@ -511,86 +378,8 @@ def verify_licence(licence_path: Path, public_key_path: Path, *, bundle_id: str,
     if revocations is not None and revocations.is_revoked(info.licence_id):
         raise VerificationError(f"{path}: licence {info.licence_id} has been revoked",
                                 "Contact the creator.", path=str(path), exit_code=EXIT_REVOKED)
-    if info.expires_at is not None and _utc(now) >= info.expires_at:
+    if info.expires_at is not None and utc(now) >= info.expires_at:
         raise VerificationError(f"{path}: licence expired ({info.expires})",
                                 "Ask the creator to renew it.", path=str(path),
                                 exit_code=EXIT_EXPIRED)
     return info
-
-
-# --- revocation -----------------------------------------------------------------------------------
-
-def _revocation_problem(p: dict) -> str | None:
-    entries = p.get("revoked")
-    checks = [
-        (set(p) == {"revocations_version", "sequence", "issued", "key_id", "revoked"},
-         "fields are not revocations_version, sequence, issued, key_id, revoked"),
-        (p.get("revocations_version") == REVOCATIONS_VERSION, "revocations_version is not 1.0"),
-        (type(p.get("sequence")) is int and p["sequence"] >= 1, "bad sequence"),
-        (_STAMP.fullmatch(str(p.get("issued"))), "bad issued"),
-        (_HEX64.fullmatch(str(p.get("key_id"))), "bad key_id"),
-        (isinstance(entries, list) and all(
-            isinstance(e, dict) and set(e) == {"licence_id", "bundle_id", "revoked"}
-            and _LICENCE_ID.fullmatch(str(e["licence_id"])) and isinstance(e["bundle_id"], str)
-            and _STAMP.fullmatch(str(e["revoked"])) for e in entries), "bad revoked entry"),
-    ]
-    return next((why for ok, why in checks if not ok), None)
-
-
-def _load_revocations(path: Path, public_key: Any, key_id: str,
-                      min_sequence: int | None) -> RevocationList:
-    p = _open(path, REVOCATIONS_TYPE, public_key, "revocation list")
-    if why := _revocation_problem(p):
-        raise _malformed(path, why, "revocation list")
-    if p["key_id"] != key_id:
-        raise VerificationError(f"{path}: revocation list names creator key {p['key_id']}",
-                                _ASK_CREATOR, path=str(path), exit_code=EXIT_BAD_SIGNATURE)
-    if min_sequence is not None and p["sequence"] < min_sequence:
-        raise _malformed(path, f"sequence {p['sequence']} is older than {min_sequence}, "
-                         "already seen", "revocation list")
-    entries = tuple(Revocation(e["licence_id"], e["bundle_id"], e["revoked"])
-                    for e in p["revoked"])
-    return RevocationList(p["sequence"], p["issued"], p["key_id"], entries)
-
-
-def load_revocations(path: Path, public_key_path: Path, *,
-                     min_sequence: int | None = None) -> RevocationList:
-    """Load a revocation list signed with the creator's key (12 other key, 16 malformed).
-
-    Apps should pass the highest ``sequence`` they have seen as ``min_sequence``, so that an
-    older list (from which a revocation was "removed") is refused.
-    """
-    public_key, key_id = _public_key(public_key_path)
-    return _load_revocations(Path(path), public_key, key_id, min_sequence)
-
-
-def revoke(private_key: Path, passphrase: str | None, revocations_path: Path, *,
-           licence_ids: Iterable[str], bundle_id: str,
-           now: datetime | None = None) -> RevocationList:
-    """Add licence ids to the revocation list (created if absent), bump its sequence, re-sign.
-
-    The existing list must verify with this key. Ids already revoked are kept as they are;
-    when nothing is new the file is left untouched.
-    """
-    key, key_id = _private_key(Path(private_key), passphrase)
-    path, moment = Path(revocations_path), _stamp(_utc(now))
-    ids: Sequence[str] = list(dict.fromkeys(licence_ids))
-    bad = [i for i in ids if not isinstance(i, str) or not _LICENCE_ID.fullmatch(i)]
-    if bad or not ids:
-        raise ConfigError(f"not a licence id: {bad[0]!r}" if bad else "no licence id given",
-                          "A licence id is 32 lowercase hex characters (see the licence file).")
-    if not _BUNDLE_ID.fullmatch(bundle_id):
-        raise ConfigError(f"not a bundle id: {bundle_id!r}", "Use the bundle's bundle_id.")
-    old = (_load_revocations(path, key.public_key(), key_id, None) if path.exists()
-           else RevocationList(0, moment, key_id, ()))
-    new = [Revocation(i, bundle_id, moment) for i in ids if not old.is_revoked(i)]
-    if not new:
-        return old
-    result = RevocationList(old.sequence + 1, moment, key_id, old.entries + tuple(new))
-    payload = {"revocations_version": REVOCATIONS_VERSION, "sequence": result.sequence,
-               "issued": moment, "key_id": key_id,
-               "revoked": [{"licence_id": e.licence_id, "bundle_id": e.bundle_id,
-                            "revoked": e.revoked} for e in result.entries]}
-    envelope = _seal(REVOCATIONS_TYPE, payload, key, key_id)
-    write_bytes_atomic(path, (json.dumps(envelope, indent=2) + "\n").encode("utf-8"))
-    return result
