@@ -16,7 +16,8 @@ HEALTHY = {
 # One unhealthy variant per condition, otherwise healthy.
 SICK = {
     "no_signal": {**HEALTHY, "frac_reward_zero_std": 0.95},
-    "format_zero": {**HEALTHY, "rewards/strict_format/mean": 0.0},
+    "format_zero": {**HEALTHY, "rewards/strict_format/mean": 0.0, "rewards/soft_format/mean": 0.0,
+                    "rewards/xml_count/mean": -0.01},
     "length_capped": {**HEALTHY, "completions/clipped_ratio": 0.9},
 }
 
@@ -89,9 +90,9 @@ def test_each_format_reward_warns_separately_and_names_itself():
     health = TrainingHealth(window=2)
     zero = {f"rewards/{name}/mean": 0.0 for name in FORMAT_REWARDS}
     got = feed(health, [zero, zero])
-    assert [w.code for w in got[1]] == ["format_zero"] * 3
-    for name, warning in zip(FORMAT_REWARDS, got[1]):
-        assert name in warning.message
+    # One warning naming every format reward, not one per reward (three lines saying the same).
+    assert [w.code for w in got[1]] == ["format_zero"]
+    assert all(name in got[1][0].message for name in FORMAT_REWARDS)
     # xml_count can go negative: still "never formats".
     health = TrainingHealth(window=1)
     assert health.observe(1, {"rewards/xml_count/mean": -0.002})[0].code == "format_zero"
@@ -99,13 +100,23 @@ def test_each_format_reward_warns_separately_and_names_itself():
     assert TrainingHealth(window=1).observe(1, {"rewards/correctness/mean": 0.0}) == []
 
 
-def test_format_rewards_recover_independently():
+def test_one_format_reward_above_zero_means_the_format_is_written():
     health = TrainingHealth(window=1)
-    health.observe(1, {"rewards/strict_format/mean": 0.0, "rewards/soft_format/mean": 0.0})
+    assert len(health.observe(1, {"rewards/strict_format/mean": 0.0,
+                                  "rewards/soft_format/mean": 0.0})) == 1
     got = health.observe(2, {"rewards/strict_format/mean": 0.0, "rewards/soft_format/mean": 0.5})
-    assert got == []
+    assert got == []  # soft format written: the model is learning the layout
     got = health.observe(3, {"rewards/strict_format/mean": 0.0, "rewards/soft_format/mean": 0.0})
-    assert [w.message.split()[1] for w in got] == ["soft_format"]
+    assert [w.code for w in got] == ["format_zero"]  # re-armed after a clear step
+
+
+def test_the_format_advice_fits_what_was_given():
+    zero = {"rewards/strict_format/mean": 0.0}
+    without = TrainingHealth(window=1).observe(1, zero)[0].message
+    given = TrainingHealth(window=1, system_prompt_given=True).observe(1, zero)[0].message
+    assert "--system-prompt-file" in without and "--warm-start always" in without
+    # A system prompt was given: telling the creator to add one is no advice.
+    assert "--system-prompt-file" not in given and "--warm-start always" in given
 
 
 def test_thresholds_are_inclusive_and_configurable():

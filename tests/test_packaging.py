@@ -115,8 +115,10 @@ def test_installed_wheel_builds_and_verifies_the_demo(env, demo_base, tmp_path):
     extra = {"EDGETUNE_HOME": str(home), "EDGETUNE_LLAMA_CPP_DIR": str(llamacpp.converter_dir())}
     work = tmp_path / "elsewhere"
     work.mkdir()
-    _run(env, "edgetune", "build", "--target", "phone", "--steps", "2", "--out", str(tmp_path / "out"),
-         cwd=work, extra=extra, timeout=600)
+    # --accept-gate-failure: the phone's decode-speed floor follows this machine's load (a busy
+    # CI machine failed it); this test is about the installed wheel, not the gates.
+    _run(env, "edgetune", "build", "--target", "phone", "--steps", "2", "--accept-gate-failure",
+         "--out", str(tmp_path / "out"), cwd=work, extra=extra, timeout=600)
     bundle = tmp_path / "out" / "bundle"
     _run(env, "edgetune", "verify", str(bundle), "--key", str(home / "keys" / "edgetune.pub"),
          cwd=work, extra=extra)

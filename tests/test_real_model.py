@@ -66,13 +66,19 @@ def test_build_on_the_real_model_signs_converts_exactly_and_stops_at_the_end_of_
             Path("edgetune/demo/data/questions.jsonl").read_text().splitlines()[:40]]
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # Half held out: enough held-out text for llama-perplexity's two 512-token chunks, while the
+    # warm start stays at its 20-step minimum.
+    config = tmp_path / "edgetune.yaml"
+    config.write_text("project:\n  name: smol-coach\ndata:\n  path: qa.jsonl\n"
+                      "  eval_fraction: 0.5\n")
     profile = yaml.safe_load(Path("quant_profiles/phone.yaml").read_text())
     profile.update(name="phone-q8", quants=["Q8_0"], min_decode_tps=None)
     (tmp_path / "phone-q8.yaml").write_text(yaml.safe_dump(profile))
     out = tmp_path / "out"
     result = CliRunner().invoke(cli, [
-        "build", "--base-model", str(real_model), "--base-model-id", rm.HUB_ID,
-        "--creator", "Ada Coach", "--data", str(data), "--target", str(tmp_path / "phone-q8.yaml"),
+        "build", "--config", str(config), "--base-model", str(real_model),
+        "--base-model-id", rm.HUB_ID, "--creator", "Ada Coach",
+        "--target", str(tmp_path / "phone-q8.yaml"),
         "--steps", "1", "--max-completion-length", "32", "--warm-start", "always",
         "--accept-gate-failure", "--out", str(out)])
     assert result.exit_code == 0, result.output + repr(result.exception)

@@ -468,10 +468,11 @@ def test_constant_rewards_warn_through_on_note(tiny_model_factory, tmp_path):
                          rewards=("strict_format",), checkpoint_every=0)
     train(str(tiny_model_factory("llama")), ROWS, config, out, on_note=notes.append)
 
-    message = ("the strict_format reward has been 0 for 3 steps: the model never answers in the "
-               "expected format (<reasoning>...</reasoning> then <answer>...</answer>), so its "
-               "answers cannot be scored either. A short SFT warm start on formatted examples "
-               "(--sft-data) or a system prompt showing the format (--system-prompt-file) fixes it.")
+    message = ("the format rewards (strict_format) have been 0 for 3 steps: the model never "
+               "answers in the expected format (<reasoning>...</reasoning> then <answer>..."
+               "</answer>), so its answers cannot be scored either. Fix it with the format warm "
+               "start (--warm-start always) or SFT data (--sft-data), or a system prompt showing "
+               "the format (--system-prompt-file).")
     assert f"warning (step 3): {message}" in notes
     warnings = [e for e in _log(out / LOG_FILE) if e.get("event") == "warning"]
     assert {"step": 3, "event": "warning", "code": "format_zero", "message": message} in warnings

@@ -5,8 +5,9 @@ TRL's logs mean those differences are missing, and each has a known fix:
 
 * ``no_signal``: ``frac_reward_zero_std`` (the share of prompt groups whose completions all
   got the same reward) stays high. Without it in the log, ``reward_std`` of 0 says the same.
-* ``format_zero``: a format reward (``rewards/<name>/mean``) stays at 0 (or below: xml_count
-  can go negative): the model never writes the tags, so correctness cannot be scored either.
+* ``format_zero``: every format reward (``rewards/<name>/mean``) stays at 0 (or below:
+  xml_count can go negative): the model never writes the tags, so correctness cannot be scored
+  either. One warning names them all.
 * ``length_capped``: ``completions/clipped_ratio`` stays high: answers are cut off before
   they are written, and a truncated answer scores 0.
 
@@ -71,7 +72,8 @@ class TrainingHealth:
 
     def __init__(self, *, window: int = 10, zero_std_threshold: float = 0.9,
                  clipped_threshold: float = 0.8, max_completion_length: int | None = None,
-                 answer_format: str = "<reasoning>...</reasoning> then <answer>...</answer>"):
+                 answer_format: str = "<reasoning>...</reasoning> then <answer>...</answer>",
+                 system_prompt_given: bool = False):
         if window < 1:
             raise ValueError(f"window must be at least 1, not {window}")
         self.window = window
@@ -79,6 +81,7 @@ class TrainingHealth:
         self.clipped_threshold = clipped_threshold
         self.max_completion_length = max_completion_length
         self.answer_format = answer_format
+        self.system_prompt_given = system_prompt_given  # then "add a system prompt" is no advice
         self._streaks: dict[str, _Streak] = {}
         self._warnings: list[HealthWarning] = []
 
@@ -118,15 +121,17 @@ class TrainingHealth:
                 "from. Try a warm start with --sft-data, more generations (--num-generations), "
                 "a higher --temperature, or easier data.")
 
-        for name in FORMAT_REWARDS:
-            mean = _number(metrics.get(f"rewards/{name}/mean"))
-            if mean is None:
-                continue
-            yield f"format_zero:{name}", mean <= ZERO, (
-                f"the {name} reward has been 0 {steps}: the model never answers in the expected "
-                f"format ({self.answer_format}), so its answers cannot be scored either. A short SFT "
-                "warm start on formatted examples (--sft-data) or a system prompt showing the "
-                "format (--system-prompt-file) fixes it.")
+        # One warning for the format, not one per format reward: they all say the same thing.
+        means = {name: _number(metrics.get(f"rewards/{name}/mean")) for name in FORMAT_REWARDS}
+        means = {name: mean for name, mean in means.items() if mean is not None}
+        if means:
+            fixes = "the format warm start (--warm-start always) or SFT data (--sft-data)"
+            if not self.system_prompt_given:
+                fixes += ", or a system prompt showing the format (--system-prompt-file)"
+            yield "format_zero", all(m <= ZERO for m in means.values()), (
+                f"the format rewards ({', '.join(means)}) have been 0 {steps}: the model never "
+                f"answers in the expected format ({self.answer_format}), so its answers cannot be "
+                f"scored either. Fix it with {fixes}.")
 
         clipped = _number(metrics.get("completions/clipped_ratio"))
         if clipped is not None:

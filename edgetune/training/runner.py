@@ -123,7 +123,8 @@ def run_trainer(backend, base, data, config, work, init_adapter, resume_from, lo
         log({"step": 0, "event": "config", **effective})
     health = TrainingHealth(window=max(3, min(10, config.steps // 5)),
                             max_completion_length=config.max_completion_length,
-                            answer_format=ANSWER_FORMATS[config.answer_format].describe())
+                            answer_format=ANSWER_FORMATS[config.answer_format].describe(),
+                            system_prompt_given=bool(config.system_prompt))
     stop = StopOnSignal()
     logged: set[int] = set()
     clock: dict[int, float] = {}  # step -> when it began
