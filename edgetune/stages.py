@@ -231,7 +231,7 @@ def plan_build(project: Project, profile: QuantProfile, out: Path, *,
               if public_key and Path(public_key).is_file() else None)
     add("bundle", f"{target}bundle", project={f.name: getattr(project, f.name) for f in
                                      dataclasses.fields(project)
-                                     if f.name not in ("train", "data", "sft_data")},
+                                     if f.name not in ("train", "data", "sft_data", "train_sources")},
         key=key_id, layout=2)  # 2: with report.html and reward.png; older bundles are stale
     return plans
 
