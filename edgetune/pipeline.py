@@ -76,13 +76,13 @@ def build(project: Project, profile: QuantProfile, out: Path, *, key: Path | Non
     ev.stage_done("data", f"{len(inputs.splits.train)} train / {len(inputs.splits.eval)} "
                           "held-out rows" + (f", {len(inputs.sft_examples)} SFT examples"
                                              if inputs.sft_examples else ""))
-    if key is not None and (to_stage is None or to_stage == "bundle"):
+    signs = to_stage in (None, "bundle")  # a build stopped earlier needs no key, makes none
+    if key is not None and signs:
         preflight.check_key(key, passphrase)
     prepared = preflight.prepare(project, inputs, base, on_note=ev.note)
     project, inputs = prepared.project, prepared.inputs
     if prepared.fitted is not None:
         ev.note("training settings: " + "; ".join(prepared.fitted.describe()))
-    signs = to_stage is None or stages.STAGES.index(to_stage) >= stages.STAGES.index("bundle")
     private_key, public_key = _signing_key(key, ev) if signs else _key_paths(key)
     with stages.build_lock(out):
         if removed := stages.remove_leftovers(out):
