@@ -268,7 +268,8 @@ def test_the_cli_prints_every_problem_and_builds_nothing(tmp_path: Path, capture
     ("persona:\n  greting: hi\n", 'persona.greting: unknown key (did you mean "greeting"?)'),
     ("data:\n  steps: 3\n", "data.steps: unknown key (it belongs in train: train.steps)"),
     ("project:\n  colour: red\n", "project.colour: unknown key (project keys: name, version, "
-                                  "creator, base_model, base_model_license, license_terms)"),
+                                  "creator, base_model, base_model_license, base_model_id, "
+                                  "license_terms)"),
     ("target: [phone]\n", 'target: unknown section (did you mean "targets"?) (sections: project, '
                           'data, method, train, persona, targets, publish)'),
 ])
@@ -366,7 +367,7 @@ def test_settings_reach_the_project(tmp_path: Path):
     root = _project_dir(tmp_path)
     config = root / PROJECT_FILE
     _edit(config, "  steps: 30\n", "  steps: 12\n")
-    _edit(config, "learning_rate: 5.0e-4", "learning_rate: 1e-5")  # YAML 1.1 reads this as text
+    _edit(config, "learning_rate: null", "learning_rate: 1e-5")  # YAML 1.1 reads this as text
     _edit(config, "rewards: [correctness, number, strict_format, soft_format, xml_count]",
           "rewards: [correctness, strict_format]")
     _edit(config, "answer_format: auto", "answer_format: think")
@@ -490,6 +491,10 @@ def _old_cli_project(data=None, base_model=None, name=None, system_prompt=None, 
                                       name=name or data.stem, creator="edgetune user")
     elif base_model is not None:
         project = dataclasses.replace(project, base_model=base_model)
+    if base_model is not None:
+        # Since "Real weights, part 1": a real base is neither credited to the demo's creator
+        # nor assumed to carry the demo's licence (the build reads it from the model's card).
+        project = dataclasses.replace(project, creator="edgetune user", base_model_license=None)
     if name:
         project = dataclasses.replace(project, name=name)
     project = dataclasses.replace(project, columns=Columns(question=question_field))
@@ -518,7 +523,9 @@ def test_command_line_only_builds_as_before(tmp_path: Path, captured):
     ]
     for old, args in cases:
         _build_captured(captured, *args)
-        assert captured[-1].project == _old_cli_project(**old), args
+        # train_sources only records where each setting came from (not part of any stage key)
+        built = dataclasses.replace(captured[-1].project, train_sources=())
+        assert built == _old_cli_project(**old), args
 
 
 def test_build_uses_the_project_file(tmp_path: Path, captured):
@@ -529,7 +536,8 @@ def test_build_uses_the_project_file(tmp_path: Path, captured):
     _edit(config, "targets: [phone]", "targets: [tablet]")
     _build_captured(captured, "--config", config, "--out", tmp_path / "out")
     call = captured[-1]
-    assert call.project == load_project(config).project
+    assert dataclasses.replace(call.project, train_sources=()) == load_project(config).project
+    assert dict(call.project.train_sources)["steps"] == "project file"
     assert call.project.train == dataclasses.replace(demo_project().train, steps=12, backend="trl")
     assert call.profile.name == "tablet" and call.out == tmp_path / "out"
 
@@ -538,7 +546,7 @@ def test_the_command_line_beats_the_file_beats_the_defaults(tmp_path: Path, capt
     root = _project_dir(tmp_path)
     config = root / PROJECT_FILE
     _edit(config, "  steps: 30\n", "  steps: 12\n")
-    _edit(config, "learning_rate: 5.0e-4", "learning_rate: 1.0e-5")
+    _edit(config, "learning_rate: null", "learning_rate: 1.0e-5")
     _edit(config, "backend: auto", "backend: trl")
     _edit(config, "question_field: question", "question_field: prompt")
     _edit(config, "sft_steps: 60", "sft_steps: 9")
