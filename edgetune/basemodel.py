@@ -14,16 +14,18 @@ from pathlib import Path
 
 from edgetune.errors import ModelError
 
-# huggingface_hub's repo id rules: "owner/name", word characters, '-' and '.', no "--" or "..",
-# no '-' or '.' at either end of a part.
-_HUB_ID = re.compile(r"[\w.-]{1,96}/[\w.-]{1,96}", re.ASCII)
+# huggingface_hub's repo id rules (validate_repo_id): "owner/name", word characters, '-' and
+# '.', no "--" or "..", no '-' or '.' at either end of a part, names of at most 96 characters.
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+", re.ASCII)
 _HUB_ID_BAD = re.compile(r"--|\.\.|(^|/)[.-]|[.-](/|$)")
 # A snapshot in the Hugging Face cache: .../models--<owner>--<name>/snapshots/<revision>
 _CACHE_DIR = re.compile(r"models--([\w.-]+?)--([\w.-]+)$", re.ASCII)
 
 
-def is_hub_id(value: str) -> bool:
-    return bool(_HUB_ID.fullmatch(value)) and not _HUB_ID_BAD.search(value)
+def is_hub_id(value: object) -> bool:
+    """True when ``value`` can be a Hub model id (``owner/name``), e.g. ``Qwen/Qwen3-0.6B``."""
+    return isinstance(value, str) and _HUB_ID.fullmatch(value) is not None \
+        and not _HUB_ID_BAD.search(value) and len(value.split("/")[1]) <= 96
 
 
 def looks_like_path(value: str) -> bool:

@@ -7,20 +7,16 @@ changes (``build.stamp_distribution``).
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from typing import Any
 
 from edgetune import report
+from edgetune.basemodel import is_hub_id
 from edgetune.bundle.files import EVAL_CHART_FILE, EVAL_FILE, EVAL_TABLE_FILE, REPORT_FILE
 
 # The one field of a gated repo's access form (README front matter ``extra_gated_fields``); the
 # code that syncs paying followers with access requests matches requests by this name.
 GATED_EMAIL_FIELD = "Email used for payment"
-# What the Hub accepts as a model id in ``base_model`` (huggingface_hub validate_repo_id: no
-# "--" or "..", no '-' or '.' at either end of a part, names of at most 96 characters).
-_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+", re.ASCII)
-_HUB_ID_BAD = re.compile(r"--|\.\.|(^|/)[.-]|[.-](/|$)")
 
 
 def eval_quants(eval_results: dict) -> dict[str, dict]:
@@ -35,12 +31,6 @@ def eval_quants(eval_results: dict) -> dict[str, dict]:
 def _cell(value: Any) -> str:
     text = "-" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
     return text.replace("|", "\\|").replace("\n", " ")
-
-
-def _hub_id(name: Any) -> bool:
-    """True when ``name`` can be a Hub model id (``owner/name``), e.g. ``Qwen/Qwen3-0.6B``."""
-    return isinstance(name, str) and _HUB_ID.fullmatch(name) is not None \
-        and not _HUB_ID_BAD.search(name) and len(name.split("/")[1]) <= 96
 
 
 def main_artifact(artifacts: Sequence[dict]) -> dict:
@@ -60,7 +50,7 @@ def _front_matter(manifest: dict) -> str:
     base, creator = manifest["base_model"], manifest["creator"]["name"]
     dist = manifest.get("distribution") or {}
     lines = [f"license: {q(base['license'])}"]
-    if _hub_id(base["name"]):  # the Hub rejects a card whose base_model is no model id
+    if is_hub_id(base["name"]):  # the Hub rejects a card whose base_model is no model id
         lines += [f"base_model: {q(base['name'])}", "base_model_relation: finetune"]
     lines += [f"quantized_by: {q(creator)}", "pipeline_tag: text-generation",
               "tags:\n- gguf\n- edgetune\n- reasoning"]
