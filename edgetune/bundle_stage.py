@@ -12,6 +12,7 @@ import re
 import shutil
 from pathlib import Path
 
+from edgetune import turns
 from edgetune.artifacts import Bundle, atomic_file
 
 
@@ -30,7 +31,7 @@ def run(b, folder: Path) -> Bundle:
         base_model=_base_name(b.base_model, project.base_model_id),
         base_model_license=project.base_model_license,
         chat_template=tokenizer.chat_template or "",
-        stop_strings=tuple(s for s in [tokenizer.eos_token] if s),
+        stop_strings=turns.stop_strings(tokenizer),  # the template's end of turn, then EOS
         default_context=b.profile.context_length,
         system_prompt=project.system_prompt,
         greeting=project.greeting,

@@ -26,7 +26,52 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-CHAT_SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>")
+# Llama 3's shape: BOS written by the template, every turn ends with <|eot_id|> (also the EOS).
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content']"
+    " + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+    "{% endif %}"
+)
+# Gemma's shape: BOS from the template, a "model" role, the system prompt folded into the first
+# user turn, and a turn that ends with <end_of_turn> while the tokenizer's EOS is <eos>: the case
+# where stopping at EOS alone runs on past the answer.
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% set ns = namespace(system='') %}{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{% set ns.system = message['content'] + '\n\n' %}"
+    "{% else %}{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{ '<start_of_turn>' + role + '\n' + (ns.system if loop.index0 <= 1 and role == 'user'"
+    " else '') + message['content'] + '<end_of_turn>\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class ChatStyle:
+    """A chat template with the special tokens it writes, as a real model family ships it."""
+    name: str
+    template: str
+    turn_tokens: tuple[str, ...]  # special tokens the template writes; end_of_turn among them
+    end_of_turn: str
+    bos: str  # SentencePiece pieces at ids 1 and 2
+    sp_eos: str
+    eos_token: str  # the tokenizer's eos_token (Gemma: not the end of turn)
+    add_bos: bool  # the tokenizer adds BOS to plain text
+
+
+CHAT_STYLES = {
+    "chatml": ChatStyle("chatml", CHATML_TEMPLATE, ("<|im_start|>", "<|im_end|>"), "<|im_end|>",
+                        "<s>", "</s>", "<|im_end|>", False),
+    "llama3": ChatStyle("llama3", LLAMA3_TEMPLATE,
+                        ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"), "<|eot_id|>",
+                        "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", True),
+    "gemma": ChatStyle("gemma", GEMMA_TEMPLATE, ("<start_of_turn>", "<end_of_turn>"),
+                       "<end_of_turn>", "<bos>", "<eos>", "<eos>", True),
+}
+# The template each family's instruct models ship (the tests' "native" tiny models).
+NATIVE_CHAT = {"llama": "llama3", "qwen2": "chatml", "qwen3": "chatml", "gemma3": "gemma"}
+CHAT_SPECIAL_TOKENS = CHAT_STYLES["chatml"].turn_tokens
 # Format tags are single tokens so a tiny model can learn them quickly.
 FORMAT_TOKENS = ("<reasoning>", "</reasoning>", "<answer>", "</answer>", "<think>", "</think>")
 
@@ -46,6 +91,7 @@ class TinySpec:
     num_kv_heads: int = 2
     context_length: int = 1024
     seed: int = 0
+    chat: str | ChatStyle = "chatml"  # a CHAT_STYLES key (NATIVE_CHAT[family]: the family's own)
 
 
 # ~46 M parameters (F16 file ~91 MB): big enough that prefill/decode timings on a 2-core
@@ -55,7 +101,7 @@ WIDE_SPEC = TinySpec(family="llama", hidden_size=1024, intermediate_size=2816, n
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: Path, *,
-                    space_prefix: bool = False) -> Path:
+                    space_prefix: bool = False, chat: ChatStyle = CHAT_STYLES["chatml"]) -> Path:
     """Train a SentencePiece BPE model with byte fallback; ids 0/1/2 are unk/bos/eos.
 
     Single-threaded BPE training is deterministic, so the same texts give the same tokenizer.
@@ -71,10 +117,12 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: Path, *,
         character_coverage=1.0,
         byte_fallback=True,
         add_dummy_prefix=space_prefix,
-        user_defined_symbols=[*CHAT_SPECIAL_TOKENS, *FORMAT_TOKENS],
+        user_defined_symbols=[*chat.turn_tokens, *FORMAT_TOKENS],
         unk_id=0,
         bos_id=1,
         eos_id=2,
+        bos_piece=chat.bos,
+        eos_piece=chat.sp_eos,
         pad_id=-1,
         num_threads=1,
         minloglevel=2,
@@ -86,7 +134,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: Path, *,
     return path
 
 
-def _config(spec: TinySpec, vocab_size: int):
+def _config(spec: TinySpec, vocab_size: int, eos_token_id: int | list[int]):
     import transformers as tf
 
     common = dict(
@@ -98,7 +146,7 @@ def _config(spec: TinySpec, vocab_size: int):
         num_key_value_heads=spec.num_kv_heads,
         max_position_embeddings=spec.context_length,
         bos_token_id=1,
-        eos_token_id=_IM_END_ID,
+        eos_token_id=eos_token_id,
         pad_token_id=None,
         tie_word_embeddings=False,
     )
@@ -125,7 +173,13 @@ def _config(spec: TinySpec, vocab_size: int):
 
 
 # SentencePiece puts user-defined symbols right after unk/bos/eos: <|im_start|>=3, <|im_end|>=4.
-_IM_END_ID = 4
+def chat_style(spec: TinySpec) -> ChatStyle:
+    if isinstance(spec.chat, ChatStyle):
+        return spec.chat
+    if spec.chat not in CHAT_STYLES:
+        raise ModelError(f"unknown chat style '{spec.chat}'",
+                         hint=f"choose one of: {', '.join(CHAT_STYLES)}")
+    return CHAT_STYLES[spec.chat]
 
 
 def uses_space_prefix(family: str) -> bool:
@@ -139,15 +193,15 @@ def uses_space_prefix(family: str) -> bool:
 
 
 def write_tokenizer_config(out_dir: Path, chat_template: str = CHATML_TEMPLATE, *,
-                           space_prefix: bool = False) -> None:
+                           space_prefix: bool = False,
+                           chat: ChatStyle = CHAT_STYLES["chatml"]) -> None:
     """Tokenizer settings that both transformers and llama.cpp's converter read."""
+    special = {"bos_token": chat.bos, "eos_token": chat.eos_token, "unk_token": "<unk>",
+               "pad_token": chat.end_of_turn}
     config = {
         "tokenizer_class": "LlamaTokenizer",
-        "bos_token": "<s>",
-        "eos_token": "<|im_end|>",
-        "unk_token": "<unk>",
-        "pad_token": "<|im_end|>",
-        "add_bos_token": False,
+        **special,
+        "add_bos_token": chat.add_bos,
         "add_eos_token": False,
         "chat_template": chat_template,
         "model_max_length": 1024,
@@ -155,8 +209,6 @@ def write_tokenizer_config(out_dir: Path, chat_template: str = CHATML_TEMPLATE, 
         "add_prefix_space": space_prefix,
     }
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
-    special = {"bos_token": "<s>", "eos_token": "<|im_end|>", "unk_token": "<unk>",
-               "pad_token": "<|im_end|>"}
     (out_dir / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
 
 
@@ -172,23 +224,27 @@ def build_tiny_model(out_dir: Path, texts: Sequence[str], spec: TinySpec = TinyS
 
     out_dir = Path(out_dir)
     prefix = uses_space_prefix(spec.family)
-    train_tokenizer(texts, spec.vocab_size, out_dir, space_prefix=prefix)
-    write_tokenizer_config(out_dir, space_prefix=prefix)
+    chat = chat_style(spec)
+    train_tokenizer(texts, spec.vocab_size, out_dir, space_prefix=prefix, chat=chat)
+    write_tokenizer_config(out_dir, chat.template, space_prefix=prefix, chat=chat)
     tokenizer = load_tokenizer(out_dir)
-    if tokenizer.convert_tokens_to_ids("<|im_end|>") != _IM_END_ID:
-        raise ModelError("tokenizer did not place <|im_end|> at id 4",
+    end_of_turn = tokenizer.convert_tokens_to_ids(chat.end_of_turn)
+    if end_of_turn != 2 + chat.turn_tokens.index(chat.end_of_turn) + 1:
+        raise ModelError(f"tokenizer did not place {chat.end_of_turn} after unk/bos/eos",
                          hint="this is a bug in edgetune's tiny model recipe")
-    config, model_cls = _config(spec, len(tokenizer))
+    # Generation stops at the end of a turn and at EOS, as the families' generation_config says.
+    stops = end_of_turn if chat.eos_token == chat.end_of_turn else [2, end_of_turn]
+    config, model_cls = _config(spec, len(tokenizer), stops)
     torch.manual_seed(spec.seed)
     model = model_cls(config)
     model.generation_config = GenerationConfig(
-        bos_token_id=1, eos_token_id=_IM_END_ID, pad_token_id=_IM_END_ID
+        bos_token_id=1, eos_token_id=stops, pad_token_id=end_of_turn
     )
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     # save_pretrained rewrites tokenizer_config.json: restore what llama.cpp's converter reads.
-    write_tokenizer_config(out_dir, space_prefix=prefix)
-    _declare_added_tokens(out_dir, tokenizer)
+    write_tokenizer_config(out_dir, chat.template, space_prefix=prefix, chat=chat)
+    _declare_added_tokens(out_dir, tokenizer, chat)
     # A model card as Hub models have one: the build reads the base model's licence from it.
     (Path(out_dir) / "README.md").write_text(
         "---\nlicense: apache-2.0\nlibrary_name: transformers\n---\n\n"
@@ -196,7 +252,7 @@ def build_tiny_model(out_dir: Path, texts: Sequence[str], spec: TinySpec = TinyS
     return model, tokenizer
 
 
-def _declare_added_tokens(out_dir: Path, tokenizer) -> None:
+def _declare_added_tokens(out_dir: Path, tokenizer, chat: ChatStyle) -> None:
     """Write ``added_tokens_decoder`` the way hub models ship it.
 
     llama.cpp's SentencePiece converter reads token types only from this field; transformers 5
@@ -206,7 +262,7 @@ def _declare_added_tokens(out_dir: Path, tokenizer) -> None:
     path = out_dir / "tokenizer_config.json"
     config = json.loads(path.read_text())
     decoder = {}
-    for token in ("<unk>", "<s>", "</s>", *CHAT_SPECIAL_TOKENS, *FORMAT_TOKENS):
+    for token in ("<unk>", chat.bos, chat.sp_eos, *chat.turn_tokens, *FORMAT_TOKENS):
         decoder[str(tokenizer.convert_tokens_to_ids(token))] = {
             "content": token, "lstrip": False, "normalized": False, "rstrip": False,
             "single_word": False, "special": token not in FORMAT_TOKENS,

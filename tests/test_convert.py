@@ -160,3 +160,110 @@ def test_reference_logits_come_from_a_clean_process_once_unsloth_is_loaded(tiny_
     child = reference_logits(model, ids)
     assert child.dtype == torch.float64 and child.shape == here.shape
     assert torch.allclose(here, child, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- end of turn, BOS
+
+def _native_model(family: str, tmp_path, chat=None):
+    from tests.conftest import SAMPLE_TEXTS
+    from edgetune.tinymodel import NATIVE_CHAT, TinySpec, build_tiny_model
+
+    build_tiny_model(tmp_path / "hf", SAMPLE_TEXTS,
+                     TinySpec(family=family, chat=chat or NATIVE_CHAT[family]))
+    return tmp_path / "hf"
+
+
+def _first_reply(gguf, token_id: int) -> dict:
+    """A chat reply through llama-cpp-python's own chat handler (the GGUF's template) whose first
+    sampled token is forced to ``token_id``: it must end the reply, not be printed or run on."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(gguf), n_ctx=512, verbose=False)
+    try:
+        reply = llm.create_chat_completion(
+            [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}],
+            max_tokens=8, temperature=0.0, logit_bias={token_id: 1000.0})
+    finally:
+        llm.close()
+    return reply["choices"][0]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_family_stops_at_its_own_end_of_turn(family, tmp_path):
+    """Llama 3 ends a turn with <|eot_id|>, Gemma with <end_of_turn> (its EOS is <eos>), Qwen
+    with <|im_end|>: the GGUF ends generation there, BOS and the rendered chat match HF."""
+    from edgetune import turns
+    from edgetune.tinymodel import CHAT_STYLES, NATIVE_CHAT
+
+    style = CHAT_STYLES[NATIVE_CHAT[family]]
+    model_dir = _native_model(family, tmp_path)
+    tokenizer = hf.load_tokenizer(model_dir)
+    gguf = convert(MergedModel(path=model_dir), tmp_path / "gguf", name="Tiny",
+                   parity_texts=chat_samples(tokenizer))
+
+    parity = gguf.tokenizer_parity
+    assert parity["end_of_turn"] == style.end_of_turn
+    assert parity["add_bos"] is style.add_bos
+    assert parity["chat_tokens"] > 20 and parity["not_end_of_generation"] == []
+    # The bundle's stop strings for phone apps: the end of turn first, then EOS when different.
+    assert turns.stop_strings(tokenizer) == tuple(dict.fromkeys([style.end_of_turn,
+                                                                 style.eos_token]))
+    choice = _first_reply(gguf.gguf, tokenizer.convert_tokens_to_ids(style.end_of_turn))
+    assert choice["finish_reason"] == "stop" and choice["message"]["content"] == ""
+
+
+def test_an_end_of_turn_llama_cpp_does_not_know_is_declared_in_the_gguf(tmp_path):
+    """A template whose turn ends with a token llama.cpp does not recognise by name: the raw
+    conversion would run on past it; edgetune writes it as the GGUF's end-of-turn token."""
+    from edgetune.convert import run_converter
+    from edgetune.tinymodel import CHATML_TEMPLATE, ChatStyle
+
+    custom = ChatStyle("custom", CHATML_TEMPLATE.replace("<|im_end|>", "<|turn_over|>"),
+                       ("<|im_start|>", "<|turn_over|>"), "<|turn_over|>", "<s>", "</s>", "</s>",
+                       False)
+    model_dir = _native_model("llama", tmp_path, chat=custom)
+    tokenizer = hf.load_tokenizer(model_dir)
+    texts = chat_samples(tokenizer)
+    turn_over = tokenizer.convert_tokens_to_ids("<|turn_over|>")
+
+    run_converter(model_dir, tmp_path / "raw.gguf")
+    raw = check_tokenizer_parity(model_dir, tmp_path / "raw.gguf", texts)
+    assert raw["not_end_of_generation"] == ["<|turn_over|>"]
+    assert _first_reply(tmp_path / "raw.gguf", turn_over)["finish_reason"] == "length"
+
+    gguf = convert(MergedModel(path=model_dir), tmp_path / "gguf", name="Tiny", parity_texts=texts)
+    assert gguf.tokenizer_parity["not_end_of_generation"] == []
+    assert _first_reply(gguf.gguf, turn_over)["finish_reason"] == "stop"
+    assert gguf.logit_parity["top1"] >= 0.99  # the rewritten file is still the same model
+
+
+def test_a_bos_mismatch_fails_tokenizer_parity(tmp_path):
+    """The GGUF adds BOS where the HF tokenizer does not: only a comparison with the special
+    tokens on can see it (plain-text ids are the same)."""
+    model_dir = _native_model("gemma3", tmp_path)
+    texts = chat_samples(hf.load_tokenizer(model_dir))
+    from edgetune.convert import run_converter
+
+    run_converter(model_dir, tmp_path / "m.gguf")
+    # transformers adds BOS through tokenizer.json's post-processor: take BOS out of it.
+    spec = json.loads((model_dir / "tokenizer.json").read_text())
+    spec["post_processor"] = None
+    (model_dir / "tokenizer.json").write_text(json.dumps(spec))
+    assert hf.load_tokenizer(model_dir)("Hi")["input_ids"][0] != 1
+
+    with pytest.raises(ParityError, match="special tokens"):
+        check_tokenizer_parity(model_dir, tmp_path / "m.gguf", texts)
+
+
+def test_a_chat_template_that_renders_differently_fails_parity(tmp_path):
+    """The template in the GGUF and the HF model's must render one conversation identically."""
+    from edgetune.convert import run_converter
+
+    model_dir = _native_model("qwen2", tmp_path)
+    texts = chat_samples(hf.load_tokenizer(model_dir))
+    run_converter(model_dir, tmp_path / "m.gguf")
+    template = model_dir / "chat_template.jinja"  # what transformers reads first
+    template.write_text(template.read_text().replace("assistant\n", "assistant\n\n"))
+
+    with pytest.raises(ParityError, match="chat template renders"):
+        check_tokenizer_parity(model_dir, tmp_path / "m.gguf", texts)
