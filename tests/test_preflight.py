@@ -14,7 +14,7 @@ from edgetune.cli import cli
 from edgetune.errors import ConfigError, ModelError, OutputExistsError
 from edgetune.training.config import TrainConfig
 from edgetune.training.defaults import check_settings, completion_cap, fit_settings
-from edgetune.training.runner import time_estimate
+from edgetune.training.runner import rough_estimate, rough_step_seconds, time_estimate
 
 
 def _build(home: Path, *args: str):
@@ -115,6 +115,21 @@ def test_the_time_estimate_says_when_the_machine_is_busy(monkeypatch):
     assert "about 9 min for the 29 steps left" in text and "busy" in text
     monkeypatch.setattr("os.getloadavg", lambda: (0.5, 0.5, 0.5))
     assert "busy" not in time_estimate(19.0, 29, cuda=False)
+
+
+def test_an_estimate_comes_before_the_first_step_from_size_steps_and_device(monkeypatch):
+    monkeypatch.setattr("os.getloadavg", lambda: (0.5, 0.5, 0.5))
+    demo = TrainConfig(steps=30)  # 2 prompts x 4 completions x 64 tokens
+    smol = rough_step_seconds(demo, 135_000_000, cuda=False)
+    assert 19 / 2 <= smol <= 19 * 2  # measured: 19 s a step on 2 quiet cores
+    assert rough_step_seconds(demo, 270_000_000, cuda=False) > 1.9 * smol
+    assert rough_step_seconds(demo, 135_000_000, cuda=True) < smol / 5
+    text = rough_estimate(demo, 135_000_000, cuda=False)
+    assert text.startswith("estimate before the first step: about ")
+    assert "30 GRPO steps (135M parameters on the CPU" in text and "busy" not in text
+    monkeypatch.setattr("os.getloadavg", lambda: (9.0, 9.0, 9.0))
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert "busy" in rough_estimate(demo, 135_000_000, cuda=False)
 
 
 @pytest.mark.slow

@@ -155,6 +155,9 @@ def test_grpo_on_cpu_writes_the_adapter_and_its_log(straight, r1_base):
     assert straight.notes[0] == "effective settings: " + ", ".join(
         f"{k}={v}" for k, v in straight.adapter.effective_config.items())
     assert "optim=adamw_torch_fused, weight_decay=0.0, lr_scheduler_type=linear" in straight.notes[0]
+    # the time up front: before the first step, then measured after the second
+    assert straight.notes[1].startswith("estimate before the first step: about ")
+    assert straight.notes[2].startswith("a step takes ")
 
     assert _steps(log) == [1, 2, 3, 4]
     per_step = _by_step(log)

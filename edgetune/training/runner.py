@@ -160,6 +160,9 @@ def run_trainer(backend, base, data, config, work, init_adapter, resume_from, lo
     trainer.add_callback(stop)
     if os.environ.get(STATS_ENV):
         trainer.add_callback(_StepStats(Path(os.environ[STATS_ENV]), cuda))
+    if resume_from is None:
+        params = sum(p.numel() for p in trainer.model.parameters())
+        note(rough_estimate(config, params, cuda=cuda))
     with stop.installed(note):
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if stop.requested:
@@ -246,17 +249,54 @@ def _plain(value):
     return str(value)
 
 
+# Rates for an estimate before the first step, fitted to measured runs (a factor of 2 either way):
+# CPU, 2 quiet cores: a GRPO step of SmolLM2-135M (2 prompts x 4 completions x 64 tokens) took
+# 19 s, ~60 GFLOP/s of 2 x params per generated token and 8 x params per trained token (forward,
+# backward, reference log-probs; a prompt counted as 64 tokens). GPU (H100): decode is per
+# token, not per FLOP: ~8 ms a decode step for 1.5B (compiled), ~30 ms uncompiled (issue 21).
+CPU_FLOPS = 60e9
+GPU_FLOPS = 200e12
+GPU_TOKEN_SECONDS = 0.02
+
+
+def rough_step_seconds(config: TrainConfig, params: int, *, cuda: bool) -> float:
+    """Seconds one step should take, from the model's size and the step's shape alone."""
+    if config.method == "sft":
+        tokens = config.sft_batch_size * min(config.max_seq_length, 512)
+        return 6 * params * tokens / (GPU_FLOPS if cuda else CPU_FLOPS)
+    completions = config.num_generations * config.prompts_per_step
+    trained = completions * (min(config.max_prompt_length, 64) + config.max_completion_length)
+    if cuda:
+        decode = config.max_completion_length * GPU_TOKEN_SECONDS * max(1.0, params / 1.5e9)
+        return decode + 8 * params * trained / GPU_FLOPS
+    generated = completions * config.max_completion_length
+    return (2 * params * generated + 8 * params * trained) / CPU_FLOPS
+
+
+def rough_estimate(config: TrainConfig, params: int, *, cuda: bool) -> str:
+    """The line shown before the first step: the whole run, from model size x steps x device."""
+    total = rough_step_seconds(config, params, cuda=cuda) * config.steps
+    text = (f"estimate before the first step: about {_duration(total)} for {config.steps} "
+            f"{config.method.upper()} steps ({params / 1e6:,.0f}M parameters on "
+            f"{'a GPU' if cuda else 'the CPU'}; a measured figure follows the second step)")
+    return text + _busy(cuda)
+
+
 def time_estimate(step: float, remaining: int, *, cuda: bool) -> str:
     """One line for the user once a step's time is known: how long the rest will take, a word when
     the machine is busy (on a CPU a shared machine makes steps several times slower)."""
     rest = step * remaining
     text = (f"a step takes {step:.1f} s: about {_duration(rest)} for the "
             f"{remaining} steps left" if remaining else f"a step takes {step:.1f} s")
+    return text + _busy(cuda)
+
+
+def _busy(cuda: bool) -> str:
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     if not cuda and load > cores * 1.5:
-        text += (f" (this machine is busy: load {load:.1f} on {cores} cores, so steps may be "
-                 "slower than they would be on an idle one)")
-    return text
+        return (f" (this machine is busy: load {load:.1f} on {cores} cores, so steps may be "
+                "slower than they would be on an idle one)")
+    return ""
 
 
 def _duration(seconds: float) -> str:
