@@ -1,29 +1,32 @@
-"""What evaluating three quants costs, against llama.cpp's own KLD workflow.
+"""What evaluating three quants costs, against llama.cpp's own tools on the same files and texts.
 
-On the same held-out text, the same context (512) and the same threads, times
+On the same two texts (the held-out rows as conversations and the general-English text edgetune
+ships), the same context (512) and the same threads, times
 
-* ``edgetune``: ``edgetune.fidelity.compare_many`` of Q8_0, Q5_K_M and Q4_K_M against the F16
-  GGUF (one F16 pass per chunk, every quant in lockstep), in a fresh Python process: start,
-  imports, tokenising, loading the four models and scoring all count;
-* ``llama_perplexity``: llama.cpp's workflow, ``llama-perplexity --kl-divergence-base`` once on
-  the F16 model, then ``--kl-divergence`` once per quant; the sum of the four runs;
-* ``edgetune_per_quant``: the same figures the way edgetune computed them before
-  ``compare_many`` (one ``compare`` per quant, so the F16 model runs once per quant);
-* ``evaluate``: the whole ``edgetune.evaluate.evaluate`` stage (fidelity + the llama-bench-style
-  speed run of each of the four models + file sizes, RAM estimates, gates and the eval.md /
-  eval.png views; no task accuracy), for reference only: it is not what the ratio compares.
+* ``llama_tools``: the baseline (issue 18): llama.cpp's KLD workflow on each text,
+  ``llama-perplexity --kl-divergence-base`` once on the F16 model then ``--kl-divergence`` once per
+  quant, plus ``llama-bench -p 128 -n 32 -r 3`` on each of the four models (the speed figures
+  ``evaluate`` measures); the sum of all those runs;
+* ``evaluate``: the whole ``edgetune.evaluate.evaluate`` stage without task accuracy (fidelity on
+  both texts, every quant in lockstep against one F16 pass; the speed run of each model, best of
+  n; file sizes, RAM estimates, gates and the eval.md / eval.png views), in a fresh process:
+  start, imports, tokenising and loading count. ``ratio_evaluate``: this over ``llama_tools``
+  (issue 18's target: at most 1.5);
+* ``evaluate_accuracy``: the same plus task accuracy on the held-out questions (generation,
+  which llama.cpp's tools do not do at all), reported beside it;
+* ``edgetune``: the fidelity part alone (``compare_many`` on both texts), for reference.
 
-Each is run ``--repeats`` times in rotating order; the JSON keeps every sample and the medians.
-On a shared machine another process can double a timing: every timed run is done in child
-processes, and a sample during which the rest of the machine used more than 5% of its CPU time
-is thrown away and taken again (after waiting for the machine to go idle), up to 10 times.
-Models: ``demo`` is the demo base model (2 layers, 256 wide, 512-token vocabulary; ~1.3 M
-parameters), ``wide`` a random llama of 4 layers, 1024 wide, FFN 2816 (~46 M parameters,
-``edgetune.tinymodel.WIDE_SPEC``) with the same kind of tokenizer, where compute rather than
-start-up dominates. Both have a 512-token vocabulary (see the README for what a real one adds).
+Each is run ``--repeats`` times in rotating order (A B C D, B C D A, ...); the JSON keeps every
+sample and the medians. On a shared machine another process can double a timing: every timed run
+is done in child processes, and a sample during which the rest of the machine used more than 5% of
+its CPU time is thrown away and taken again (after waiting for the machine to go idle), up to 10
+times. Models: ``real`` is SmolLM2-135M-Instruct (tests/real_model.py: 576-wide rows, so its
+K-quants partly fall back; 49k-token vocabulary), ``demo`` the demo base model (~1.3 M
+parameters), ``wide`` a random llama of 4 layers, 1024 wide (~46 M parameters,
+``edgetune.tinymodel.WIDE_SPEC``); the last two have a 512-token vocabulary.
 
-    .venv/bin/python benchmarks/eval_cost.py                      # both models, 3 repeats
-    .venv/bin/python benchmarks/eval_cost.py --models wide --repeats 5
+    .venv/bin/python benchmarks/eval_cost.py                      # real and demo, 3 repeats
+    .venv/bin/python benchmarks/eval_cost.py --models real --repeats 2
 """
 
 from __future__ import annotations
@@ -42,48 +45,56 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 QUANTS = ("Q8_0", "Q5_K_M", "Q4_K_M")
 N_CTX = 512
-METHODS = ("edgetune", "llama_perplexity", "edgetune_per_quant", "evaluate")
+METHODS = ("llama_tools", "evaluate", "evaluate_accuracy", "edgetune")
 
 
 def prepare(model: str, work: Path) -> dict:
-    """F16 + three quants + the eval text for ``model`` under ``work/model`` (reused if there)."""
+    """F16 + three quants + the two texts for ``model`` under ``work/model`` (reused if there)."""
     from edgetune.convert import run_converter
+    from edgetune.conversations import conversation, formatted_answer
     from edgetune.data import load_qa, split_qa
     from edgetune.demo import DEMO_DATA, SYSTEM_PROMPT
-    from edgetune.conversations import conversation, formatted_answer
     from edgetune.demo.model import demo_base_model
     from edgetune.hf import load_tokenizer
-    from edgetune.quantise import count_fallbacks, quantise_file
+    from edgetune.quantise import quantise_file
+    from edgetune.resources import general_english
     from edgetune.tinymodel import WIDE_SPEC, build_tiny_model
 
     out = work / model
     files = {"F16": out / "F16.gguf", **{q: out / f"{q}.gguf" for q in QUANTS}}
-    text_file = out / "eval.txt"
-    if not all(p.is_file() for p in [*files.values(), text_file]):
+    texts = {"held_out": out / "held_out.txt", "general": out / "general.txt"}
+    if not all(p.is_file() for p in [*files.values(), *texts.values()]):
         out.mkdir(parents=True, exist_ok=True)
         splits = split_qa(load_qa(DEMO_DATA).rows)
         if model == "demo":
             hf = demo_base_model(cache=work)
+        elif model == "real":
+            sys.path.insert(0, str(ROOT))
+            from tests import real_model
+
+            cache = Path(os.environ.get("EDGETUNE_TEST_CACHE") or "~/.cache/edgetune-tests")
+            cache = cache.expanduser()
+            hf = real_model.build(cache / "SmolLM2-135M-Instruct", cache)
         else:
             hf = out / "hf"
-            texts = [f"{SYSTEM_PROMPT}\n{r.question}\n{formatted_answer(r)}" for r in splits.train]
-            build_tiny_model(hf, texts, WIDE_SPEC)
+            train = [f"{SYSTEM_PROMPT}\n{r.question}\n{formatted_answer(r)}" for r in splits.train]
+            build_tiny_model(hf, train, WIDE_SPEC)
         tokenizer = load_tokenizer(hf)
         # The held-out rows as the pipeline evaluates them (conversations.conversation_text).
-        text_file.write_text("\n\n".join(
+        texts["held_out"].write_text("".join(
             tokenizer.apply_chat_template(conversation(SYSTEM_PROMPT, r), tokenize=False)
             for r in splits.eval))
+        texts["general"].write_text(general_english())
         run_converter(hf, files["F16"])
         for quant in QUANTS:
             quantise_file(files["F16"], files[quant], quant)
-            assert count_fallbacks(files[quant], quant) == 0, (model, quant)
-    return {"files": files, "text": text_file}
+    return {"files": files, "texts": texts}
 
 
-def time_edgetune(files: dict, text: Path, mode: str) -> tuple[float, dict]:
-    """Wall seconds of a fresh process scoring the three quants; its own figures beside."""
+def time_edgetune(files: dict, texts: dict, mode: str) -> tuple[float, dict]:
+    """Wall seconds of a fresh process running ``mode``; its own figures beside."""
     start = time.perf_counter()
-    run = subprocess.run([sys.executable, __file__, "--worker", mode, str(text),
+    run = subprocess.run([sys.executable, __file__, "--worker", mode, str(texts["held_out"]),
                           *(str(files[k]) for k in ("F16", *QUANTS))],
                          capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - start
@@ -92,25 +103,39 @@ def time_edgetune(files: dict, text: Path, mode: str) -> tuple[float, dict]:
     return wall, json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def time_llama_perplexity(files: dict, text: Path, threads: int) -> tuple[float, list[str]]:
+def llama_tools_commands(files: dict, texts: dict, threads: int) -> list[list[str]]:
+    """llama-perplexity's KLD workflow on each text, then llama-bench on every model."""
     from edgetune import llamacpp
 
-    binary, env = llamacpp.tool("llama-perplexity")
-    base = text.parent / "f16.kld"
-    commands = [[str(binary), "-m", str(files["F16"]), "-f", str(text), "-c", str(N_CTX),
-                 "-t", str(threads), "--kl-divergence-base", str(base)]]
-    commands += [[str(binary), "-m", str(files[q]), "-f", str(text), "-c", str(N_CTX),
-                  "-t", str(threads), "--kl-divergence-base", str(base), "--kl-divergence"]
-                 for q in QUANTS]
+    perplexity, _ = llamacpp.tool("llama-perplexity")
+    bench, _ = llamacpp.tool("llama-bench")
+    commands = []
+    for name, text in texts.items():
+        base = text.parent / f"{name}.kld"
+        common = ["-f", str(text), "-c", str(N_CTX), "-t", str(threads),
+                  "--kl-divergence-base", str(base)]
+        commands.append([str(perplexity), "-m", str(files["F16"]), *common])
+        commands += [[str(perplexity), "-m", str(files[q]), *common, "--kl-divergence"]
+                     for q in QUANTS]
+    commands += [[str(bench), "-m", str(files[m]), "-p", "128", "-n", "32", "-r", "3",
+                  "-t", str(threads)] for m in ("F16", *QUANTS)]
+    return commands
+
+
+def time_llama_tools(files: dict, texts: dict, threads: int) -> tuple[float, list[str]]:
+    from edgetune import llamacpp
+
+    _, env = llamacpp.tool("llama-perplexity")
+    commands = llama_tools_commands(files, texts, threads)
     start = time.perf_counter()
     for cmd in commands:
         run = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if run.returncode != 0:
             raise SystemExit((run.stdout + run.stderr)[-3000:])
     wall = time.perf_counter() - start
-    base.unlink()
-    return wall, [" ".join(Path(c[0]).name if i == 0 else a for i, a in enumerate(c))
-                  for c in commands]
+    for text in texts.values():
+        text.with_suffix(".kld").unlink(missing_ok=True)
+    return wall, [" ".join([Path(c[0]).name, *c[1:]]) for c in commands]
 
 
 def _machine_busy_s() -> float:
@@ -150,17 +175,20 @@ def timed(run, *args) -> tuple[float, object, float]:
     return wall, result, max(others, 0.0)
 
 
-def worker(mode: str, text: Path, paths: list[str]) -> None:
+def worker(mode: str, held_out: Path, paths: list[str]) -> None:
     """Runs in the timed child process."""
     f16, quants = Path(paths[0]), dict(zip(QUANTS, map(Path, paths[1:])))
     start = time.perf_counter()
-    if mode == "evaluate":
+    if mode.startswith("evaluate"):
         import tempfile
 
         from edgetune.artifacts import GgufModel, QuantizedModels
+        from edgetune.data import load_qa, split_qa
+        from edgetune.demo import DEMO_DATA, SYSTEM_PROMPT
         from edgetune.evaluate import evaluate
         from edgetune.profiles import QuantProfile
 
+        rows = split_qa(load_qa(DEMO_DATA).rows).eval if mode == "evaluate_accuracy" else ()
         # Gates are checked but never stop the run: the figures are what is measured.
         profile = QuantProfile(name="eval-cost", description="", quants=QUANTS,
                                context_length=2048, memory_budget_mb=1 << 20, eval_context=N_CTX)
@@ -168,21 +196,27 @@ def worker(mode: str, text: Path, paths: list[str]) -> None:
             report = evaluate(GgufModel(path=f16.parent, file=f16.name),
                               QuantizedModels(path=f16.parent, source_gguf=str(f16),
                                               files={q: p.name for q, p in quants.items()}),
-                              profile, [text.read_text()], Path(tmp) / "eval",
-                              accept_gate_failure=True)
-            metrics = json.loads((report.path / "eval.json").read_text())["quants"]
-        kld = {q: metrics[q]["kld_mean"] for q in QUANTS}
+                              profile, [held_out.read_text()], Path(tmp) / "eval",
+                              qa_rows=rows, system_prompt=SYSTEM_PROMPT, accept_gate_failure=True)
+            data = json.loads((report.path / "eval.json").read_text())
+        metrics = data["quants"]
+        figures = {"kld_mean": {q: {t: metrics[q]["texts"][t]["kld_mean"]
+                                    for t in metrics[q]["texts"]} for q in QUANTS},
+                   "fidelity_texts": data["fidelity_texts"],
+                   "decode_tps": {q: metrics[q]["decode_tps"] for q in ("F16", *QUANTS)}}
+        if rows:
+            figures["task_accuracy"] = {q: metrics[q].get("task_accuracy")
+                                        for q in ("F16", *QUANTS)}
     else:
-        from edgetune.fidelity import compare, compare_many, eval_tokens
+        from edgetune.evaluate import fidelity_texts
+        from edgetune.fidelity import compare_many
 
-        tokens = eval_tokens(f16, text.read_text())
-        if mode == "lockstep":
-            results = compare_many(f16, quants, tokens, n_ctx=N_CTX)
-        else:
-            results = {q: compare(f16, p, tokens, n_ctx=N_CTX) for q, p in quants.items()}
-        kld = {q: r.kld_mean for q, r in results.items()}
-        kld["tokens"] = len(tokens)
-    print(json.dumps({"inner_s": time.perf_counter() - start, "kld_mean": kld}))
+        texts = fidelity_texts(f16, [held_out.read_text()], None, N_CTX)
+        figures = {"kld_mean": {name: {q: r.kld_mean for q, r in
+                                       compare_many(f16, quants, tokens, n_ctx=N_CTX).items()}
+                                for name, tokens in texts.items()},
+                   "tokens": {name: len(tokens) for name, tokens in texts.items()}}
+    print(json.dumps({"inner_s": time.perf_counter() - start, **figures}))
 
 
 def machine() -> dict:
@@ -198,14 +232,15 @@ def machine() -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default="demo,wide", help="comma-separated: demo, wide")
+    parser.add_argument("--models", default="real,demo",
+                        help="comma-separated: real, demo, wide")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work", type=Path, default=Path("/tmp/edgetune-eval-cost"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/eval_cost.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
     if args.worker:
-        return worker(args.worker, Path(rest[0]), rest[1:])
+        return worker(args.worker, Path(rest[0]), rest[1:])  # held-out text, F16, quants
 
     from edgetune import llamacpp
 
@@ -217,42 +252,42 @@ def main() -> None:
                "machine": machine(), "n_ctx": N_CTX, "quants": list(QUANTS), "models": {}}
     for model in args.models.split(","):
         prepared = prepare(model, args.work)
-        files, text = prepared["files"], prepared["text"]
+        files, texts = prepared["files"], prepared["texts"]
         samples: dict[str, list[float]] = {m: [] for m in METHODS}
         figures: dict[str, dict] = {}
         others: list[float] = []
         for rep in range(args.repeats):
             order = METHODS[rep % len(METHODS):] + METHODS[:rep % len(METHODS)]
             for method in order:
-                if method == "llama_perplexity":
-                    wall, commands, other = timed(time_llama_perplexity, files, text, threads)
+                if method == "llama_tools":
+                    wall, commands, other = timed(time_llama_tools, files, texts, threads)
                 else:
-                    mode = {"edgetune": "lockstep", "edgetune_per_quant": "per-quant",
-                            "evaluate": "evaluate"}[method]
-                    wall, figures[method], other = timed(time_edgetune, files, text, mode)
+                    mode = "lockstep" if method == "edgetune" else method
+                    wall, figures[method], other = timed(time_edgetune, files, texts, mode)
                 samples[method].append(round(wall, 3))
                 others.append(other)
                 print(f"{model} {method:20s} {wall:7.2f} s", flush=True)
         median = {m: statistics.median(s) for m, s in samples.items()}
-        ratio = {m: round(median[m] / median["llama_perplexity"], 3) for m in METHODS}
+        ratio = {m: round(median[m] / median["llama_tools"], 3) for m in METHODS}
         results["models"][model] = {
             "f16_bytes": files["F16"].stat().st_size,
-            "eval_tokens": figures["edgetune"]["kld_mean"].pop("tokens"),
+            "tokens": figures["edgetune"]["tokens"],
             "seconds": median,
             "samples_s": samples,
-            "ratio_edgetune_vs_llama_perplexity": ratio["edgetune"],
-            "ratio_per_quant_vs_llama_perplexity": ratio["edgetune_per_quant"],
-            "ratio_evaluate_vs_llama_perplexity": ratio["evaluate"],
-            "kld_mean": figures["edgetune"]["kld_mean"],
-            "edgetune_inner_s": round(figures["edgetune"]["inner_s"], 3),
-            "llama_perplexity_commands": commands,
+            "ratio_evaluate": ratio["evaluate"],
+            "ratio_evaluate_accuracy": ratio["evaluate_accuracy"],
+            "ratio_fidelity_only": ratio["edgetune"],
+            "kld_mean_by_text": figures["edgetune"]["kld_mean"],
+            "decode_tps": figures["evaluate"]["decode_tps"],
+            "task_accuracy": figures["evaluate_accuracy"].get("task_accuracy"),
+            "llama_tools_commands": commands,
             "max_cpu_s_used_by_other_processes_per_sample": round(max(others), 2),
         }
         r = results["models"][model]
-        print(f"{model}: edgetune {median['edgetune']:.2f} s, llama-perplexity "
-              f"{median['llama_perplexity']:.2f} s, ratio {r['ratio_edgetune_vs_llama_perplexity']}"
-              f" (per-quant {r['ratio_per_quant_vs_llama_perplexity']}, whole evaluate() "
-              f"{median['evaluate']:.2f} s)", flush=True)
+        print(f"{model}: llama tools {median['llama_tools']:.2f} s, evaluate "
+              f"{median['evaluate']:.2f} s (ratio {r['ratio_evaluate']}), with task accuracy "
+              f"{median['evaluate_accuracy']:.2f} s (ratio {r['ratio_evaluate_accuracy']})",
+              flush=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
 
 

@@ -106,6 +106,8 @@ class QuantizedModels(Artifact):
     source_gguf: str = ""
     files: dict = field(default_factory=dict)  # quant name -> file name
     fallbacks: dict = field(default_factory=dict)  # quant name -> tensors that fell back
+    # quant name -> {"matrices", "fell_back", "bits_per_weight"}: what llama.cpp really built
+    mix: dict = field(default_factory=dict)
     imatrix: str = ""  # file name of the domain importance matrix ("" when none was used)
     without_imatrix: dict = field(default_factory=dict)  # quant -> the same quant without it
 

@@ -12,13 +12,12 @@ the exact prompt text (``ChatSession.prompt_text``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgetune import llamacpp
+from edgetune import llamacpp, strict_json
 from edgetune.errors import ConfigError, DataError, ModelError
 
 DEFAULT_QUANT = "Q4_K_M"
@@ -63,7 +62,8 @@ def load_bundle_runtime(bundle: Path, quant: str | None = None) -> BundleRuntime
         raise ModelError(f"bundle folder not found: {bundle}", "Pass the bundle's folder.")
     path = bundle / MANIFEST_FILE
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = strict_json.loads(strict_json.read_bytes(path, strict_json.MANIFEST),
+                                     strict_json.MANIFEST)
     except (OSError, ValueError) as e:
         why = "missing" if isinstance(e, FileNotFoundError) else f"unreadable ({e})"
         raise ModelError(f"{path}: manifest {why}",

@@ -15,18 +15,27 @@ import io
 import json
 import math
 import os
+import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgetune import strict_json
 from edgetune.errors import ConfigError, DataError
 
 __all__ = ["QARow", "Columns", "LoadedData", "Splits", "load_qa", "split_qa", "write_jsonl"]
 
 GSM8K_MARKER = "####"
 _FORMATS = (".jsonl", ".json", ".csv")
+# Characters of question + answer + reasoning in one row. Far above any small model's context
+# (32k tokens are about 130k characters of English, but rows are questions, not books); it
+# stops a runaway cell (a whole file pasted into one question) with its line, not an OOM.
+MAX_ROW_CHARS = 100_000
+# C0 and C1 control characters but tab, line feed and carriage return: a NUL or an escape
+# sequence in a question ends up in prompts, the tokenizer and the bundle's files.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,7 @@ class Columns:
 class LoadedData:
     rows: tuple[QARow, ...]
     skipped: tuple[str, ...]   # one message per skipped bad row (only with skip_bad_rows=True)
+    dropped: tuple[str, ...] = ()  # one note per row that repeated an earlier one exactly
 
 
 @dataclass(frozen=True)
@@ -93,10 +103,19 @@ def _text(record: dict[str, Any], field: str, role: str, src: str) -> str:
     if not value.strip():
         raise DataError(f"{src}: field '{field}' is empty",
                         f"Fill in the {role} or remove this row.")
+    _check_characters(value, field, src)
     return value.strip()
 
 
-def _row(record: Any, columns: Columns, src: str) -> QARow:
+def _check_characters(value: str, field: str, src: str) -> None:
+    if found := _CONTROL.search(value):
+        raise DataError(f"{src}: field '{field}' has a control character "
+                        f"(U+{ord(found.group()):04X} at character {found.start() + 1})",
+                        "Remove it (tabs and line breaks are fine): control characters end up "
+                        "in the model's prompts and in the bundle.")
+
+
+def _row(record: Any, columns: Columns, src: str, max_chars: int = MAX_ROW_CHARS) -> QARow:
     if not isinstance(record, dict):
         raise DataError(f"{src}: expected an object, got {json_type_name(record)}",
                         f"Each row must be an object like "
@@ -111,6 +130,8 @@ def _row(record: Any, columns: Columns, src: str) -> QARow:
                             f"got {json_type_name(value)}",
                             "Write the reasoning as text, or leave it out / null.")
         reasoning = value.strip() if value and value.strip() else None
+        if reasoning is not None:
+            _check_characters(reasoning, columns.reasoning, src)
     if GSM8K_MARKER in answer:
         before, _, after = answer.rpartition(GSM8K_MARKER)
         answer = after.strip()
@@ -120,6 +141,11 @@ def _row(record: Any, columns: Columns, src: str) -> QARow:
                             "answer after '####'.")
         if reasoning is None:
             reasoning = before.strip() or None
+    size = len(question) + len(answer) + len(reasoning or "")
+    if size > max_chars:
+        raise DataError(f"{src}: row is {size:,} characters long, over the limit of {max_chars:,}",
+                        "A row is one question and its answer: split or shorten it (a cell "
+                        "holding a whole file is the usual cause).")
     return QARow(question=question, answer=answer, reasoning=reasoning, source=src)
 
 
@@ -154,20 +180,26 @@ def jsonl_records(text: str, name: str) -> Iterator[tuple[str, Any]]:
         if not line.strip():
             continue
         src = f"{name}:{number}"
-        try:
-            yield src, json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield src, DataError(f"{src}: not valid JSON ({exc.msg})",
+        try:  # strictly: duplicate keys, depth and number size (mobile_bundle/SPEC.md)
+            record = strict_json.loads(line, strict_json.DATA_ROW)
+        except strict_json.JsonRejected as exc:
+            yield src, DataError(f"{src}: not valid JSON ({exc.why})",
                                  f"Each line must be one complete JSON object; the problem is "
-                                 f"at column {exc.colno}.")
+                                 f"at column {exc.colno}." if exc.colno else
+                                 "Each line must be one JSON object of questions and answers.")
+        else:
+            yield src, record
 
 
 def json_records(text: str, name: str) -> Iterator[tuple[str, Any]]:
     try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{name}:{exc.lineno}: not valid JSON ({exc.msg})",
-                        f"Fix the JSON syntax at line {exc.lineno}, column {exc.colno}.") from None
+        doc = strict_json.loads(text, strict_json.DATA_FILE)
+    except strict_json.JsonRejected as exc:
+        raise DataError(f"{name}{f':{exc.lineno}' if exc.lineno else ''}: not valid JSON "
+                        f"({exc.why})",
+                        f"Fix the JSON syntax at line {exc.lineno}, column {exc.colno}."
+                        if exc.lineno else "Use plain JSON: a list of objects of questions "
+                        "and answers.") from None
     if isinstance(doc, dict) and isinstance(doc.get("data"), list):
         doc = doc["data"]
     if not isinstance(doc, list):
@@ -221,12 +253,16 @@ def csv_records(text: str, name: str, columns: Columns) -> Iterator[tuple[str, A
 
 
 def load_qa(path: str | Path, columns: Columns = Columns(), *,
-            skip_bad_rows: bool = False) -> LoadedData:
+            skip_bad_rows: bool = False, max_chars: int = MAX_ROW_CHARS) -> LoadedData:
     """Load question/answer rows from a .jsonl, .json or .csv file.
 
-    A bad row raises DataError; with ``skip_bad_rows=True`` it is skipped and its message kept in
-    ``skipped``. File-level problems (unreadable, not UTF-8, broken JSON document or CSV quoting,
-    CSV header lacking a column, no rows, every row bad, reasoning field in no row) always raise.
+    A bad row (a missing or empty field, a control character, over ``max_chars``: pass the
+    model's context in characters where it is known) raises DataError; with
+    ``skip_bad_rows=True`` it is skipped and its message kept in ``skipped``. File-level problems
+    (unreadable, not UTF-8, broken JSON document or CSV quoting, CSV header lacking a column, no
+    rows, every row bad, reasoning field in no row, one question with two answers) always raise.
+    A row repeating an earlier one exactly (question and answer, ignoring case and spacing) is
+    dropped, with a note in ``dropped``.
     """
     path = Path(path)
     text = read_data_text(path)
@@ -247,7 +283,7 @@ def load_qa(path: str | Path, columns: Columns = Columns(), *,
         try:
             if isinstance(record, DataError):
                 raise record
-            rows.append(_row(record, columns, src))
+            rows.append(_row(record, columns, src, max_chars))
             saw_reasoning = saw_reasoning or columns.reasoning in record
         except DataError as exc:
             if not skip_bad_rows:
@@ -264,7 +300,32 @@ def load_qa(path: str | Path, columns: Columns = Columns(), *,
     if columns.reasoning is not None and suffix != ".csv" and not saw_reasoning:
         raise DataError(f"{path}: field '{columns.reasoning}' (reasoning) is in no row",
                         "Check the reasoning field name, or leave it unset.")
-    return LoadedData(rows=tuple(rows), skipped=tuple(skipped))
+    rows, dropped = _without_repeats(rows)
+    return LoadedData(rows=tuple(rows), skipped=tuple(skipped), dropped=tuple(dropped))
+
+
+def _without_repeats(rows: list[QARow]) -> tuple[list[QARow], list[str]]:
+    """Rows with exact repeats dropped (noted); the same question with another answer stops
+    with both lines, every such pair at once (20 shown): the reward would teach both."""
+    first: dict[str, QARow] = {}
+    kept: list[QARow] = []
+    dropped: list[str] = []
+    conflicts: list[str] = []
+    for row in rows:
+        earlier = first.setdefault(_normalise(row.question), row)
+        if earlier is row:
+            kept.append(row)
+        elif _normalise(earlier.answer) == _normalise(row.answer):
+            dropped.append(f"{row.source} repeats {earlier.source} (same question and answer): "
+                           "dropped")
+        else:
+            conflicts.append(f"{row.source} has the question of {earlier.source} with another "
+                             f"answer ({row.answer[:40]!r} here, {earlier.answer[:40]!r} there)")
+    if conflicts:
+        more = f" (and {len(conflicts) - 20} more)" if len(conflicts) > 20 else ""
+        raise DataError("; ".join(conflicts[:20]) + more,
+                        "Keep one answer per question: remove or correct the wrong rows.")
+    return kept, dropped
 
 
 # --------------------------------------------------------------------------- splitting

@@ -53,7 +53,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,6 +100,20 @@ def eval_tokens(gguf: Path, text: str) -> list[int]:
     try:
         # add_bos=True is llama.cpp's add_special: BOS only where the vocabulary asks for it.
         return llm.tokenize(text.encode(), add_bos=True, special=False)
+    finally:
+        llm.close()
+
+
+def chat_tokens(gguf: Path, conversations: Sequence[str]) -> list[int]:
+    """Tokenise rendered conversations as the model reads them at chat time: the template's
+    special tokens (``<|im_start|>``, ``<end_of_turn>``, a BOS it writes) parsed as the single
+    tokens they are, not spelled out as text the way llama-perplexity reads a file. No BOS is
+    added (a template that wants one writes it); chunks still start with BOS when the model adds
+    one (see :func:`compare_many`)."""
+    _require_file(gguf)
+    llm = llamacpp.open_gguf(gguf, vocab_only=True)
+    try:
+        return llm.tokenize("".join(conversations).encode(), add_bos=False, special=True)
     finally:
         llm.close()
 

@@ -125,9 +125,9 @@ def evaluate_ggufs(f16: Path, quants: Sequence[Path], out: Path, profile: QuantP
     """
     from edgetune.artifacts import GgufModel, QuantizedModels
     from edgetune.evaluate import evaluate
-    from edgetune.fidelity import eval_tokens
+    from edgetune.fidelity import chat_tokens
     from edgetune.gates import GateFailure
-    from edgetune.quantise import count_fallbacks
+    from edgetune.quantise import tensor_mix
 
     ev = events or SilentEvents()
     out = Path(out)
@@ -140,7 +140,7 @@ def evaluate_ggufs(f16: Path, quants: Sequence[Path], out: Path, profile: QuantP
         raise DataError("no held-out rows to evaluate on",
                         hint="pass --data with question/answer rows")
     texts = [render_chat(reference, conversation(system_prompt, r)) for r in rows]
-    n_tokens = len(eval_tokens(reference.path, "\n\n".join(texts)))
+    n_tokens = len(chat_tokens(reference.path, texts))
     if n_tokens < 2 * profile.eval_context:
         raise DataError(f"the {len(rows)} held-out rows make {n_tokens} tokens; measuring KL "
                         f"divergence at the target's eval_context of {profile.eval_context} "
@@ -150,9 +150,10 @@ def evaluate_ggufs(f16: Path, quants: Sequence[Path], out: Path, profile: QuantP
     ev.stage("evaluate", f"F16 + {len(models)} quant{'s' * (len(models) > 1)} on {len(rows)} "
                          f"held-out rows ({n_tokens:,} tokens)")
     files = {m.quant: str(m.path.resolve()) for m in models}  # absolute: QuantizedModels joins
-    fallbacks = {q: count_fallbacks(Path(p), q) for q, p in files.items()}
+    mix = {q: tensor_mix(Path(p), q) for q, p in files.items()}
     quantised = QuantizedModels(path=reference.path.parent, source_gguf=str(reference.path),
-                                files=files, fallbacks=fallbacks)
+                                files=files, mix=mix,
+                                fallbacks={q: m["fell_back"] for q, m in mix.items()})
     failure: GateFailure | None = None
     try:
         evaluate(GgufModel(path=reference.path.parent, file=reference.path.name,

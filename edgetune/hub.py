@@ -23,13 +23,17 @@ T = TypeVar("T")
 # already retries LFS transfers and a few calls itself; this covers the others (repo info,
 # tree, tags, commits, access requests), all safe to repeat.
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0)
-_TOKEN = re.compile(r"hf_[A-Za-z0-9]{6,}")
+_TOKEN = re.compile(r"hf_\w{6,}", re.ASCII)  # letters, digits and "_" (tokens may hold "_")
 LOGIN_HINT = ("set HF_TOKEN, pass --token, or run `hf auth login` (the token needs write access "
                "to publish)")
 
 
 class HubError(EdgetuneError):
     """The Hub refused or could not be reached."""
+
+
+class HubUnreachable(HubError):
+    """No answer from the Hub at all (network down, DNS, timeout): nothing was refused."""
 
 
 def redact(text: str) -> str:
@@ -80,9 +84,11 @@ def transient(exc: BaseException) -> bool:
     return status is not None and (status == 429 or status >= 500)
 
 
-def retrying(call: Callable[[], T], *, what: str, on_retry: Callable[[str], None] | None = None) -> T:
-    """``call()``, again after a pause when the network or the Hub failed for a moment."""
-    for attempt, pause in enumerate((*BACKOFF_S, None), start=1):
+def retrying(call: Callable[[], T], *, what: str, on_retry: Callable[[str], None] | None = None,
+             retry: bool = True) -> T:
+    """``call()``, again after a pause when the network or the Hub failed for a moment
+    (``retry=False``: once, for a call whose failure is not worth waiting for)."""
+    for attempt, pause in enumerate((*(BACKOFF_S if retry else ()), None), start=1):
         try:
             return call()
         except Exception as exc:  # noqa: BLE001 - classified below, re-raised when not transient
@@ -139,14 +145,16 @@ def errors(repo: str, *, writing: bool = False) -> Iterator[None]:
                        + (f": {redact(server)[:300]}" if server else ""),
                        hint="try again later; a rerun continues where this one stopped") from exc
     except (httpx.TransportError, ConnectionError, TimeoutError) as exc:
-        raise HubError(f"cannot reach the Hugging Face Hub ({type(exc).__name__})",
+        raise HubUnreachable(f"cannot reach the Hugging Face Hub ({type(exc).__name__})",
                        hint="check the network (and HF_ENDPOINT if set); a rerun continues where "
                             "this one stopped") from exc
 
 
-def whoami(client: Any, on_retry: Callable[[str], None] | None = None) -> str:
+def whoami(client: Any, on_retry: Callable[[str], None] | None = None, *,
+           retry: bool = True) -> str:
     """The token's user name (one call; refuses an anonymous client)."""
     if not client.token:
         raise HubError("no Hugging Face token found", hint=LOGIN_HINT)
-    info = retrying(lambda: client.whoami(), what="checking the token", on_retry=on_retry)
+    info = retrying(lambda: client.whoami(), what="checking the token", on_retry=on_retry,
+                    retry=retry)
     return info["name"]

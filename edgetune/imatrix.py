@@ -22,7 +22,8 @@ def compute_imatrix(f16: Path, texts: Sequence[str], out: Path, *, n_ctx: int = 
     binary, env = llamacpp.tool("llama-imatrix")
     try:
         run = llamacpp.run_tool([binary, "-m", f16, "-f", text_file, "-o", out, "-c", n_ctx,
-                                 "-t", llamacpp.threads(), "--no-ppl"], env=env)
+                                 "-t", llamacpp.threads(), "--no-ppl", "--parse-special"],
+                                env=env)  # chats read as at chat time: special tokens as tokens
     finally:
         text_file.unlink(missing_ok=True)
     if run.returncode != 0 or not out.is_file():

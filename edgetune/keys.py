@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetune import paths
+from edgetune.artifacts import atomic_file
 from edgetune.errors import KeyFileError
 
 DEFAULT_KEY_NAME = "edgetune"
@@ -48,13 +49,49 @@ def passphrase_bytes(passphrase: str | None) -> bytes | None:
 
 
 def write_new_file(path: Path, data: bytes, mode: int, overwrite: bool) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
-    fd = os.open(path, flags, mode)
+    """Write a key file whole or not at all: a full disk must never leave a 0-byte key that
+    every later ``keys new`` takes for an existing one (``artifacts.atomic_file``: a scratch
+    file in the same folder, flushed, then given the name; FileExistsError without overwrite)."""
+    with atomic_file(path, mode=mode, overwrite=overwrite) as tmp:
+        tmp.write_bytes(data)
+
+
+def key_file_problem(path: Path, kind: str) -> str | None:
+    """Why an existing key file is unusable ("empty", "not a PEM ... key"), else None. An
+    encrypted private key counts as usable: its structure is checked, not its passphrase."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization as ser
+
     try:
-        os.fchmod(fd, mode)  # exact mode regardless of umask or a previous file
-        os.write(fd, data)
-    finally:
-        os.close(fd)
+        data = Path(path).read_bytes()
+    except OSError as e:
+        return f"cannot be read: {e.strerror}"
+    if not data.strip():
+        return "empty, 0 bytes" if not data else "empty"
+    try:
+        if kind == "public":
+            ser.load_pem_public_key(data)
+        else:
+            ser.load_pem_private_key(data, None)
+    except TypeError:  # encrypted: well-formed as far as can be told without the passphrase
+        return None
+    except (ValueError, UnsupportedAlgorithm):
+        return f"not a PEM {kind} key"
+    return None
+
+
+def permission_warning(private_key: Path) -> str | None:
+    """A warning when other users can read the private key (e.g. mode 0644), else None."""
+    if os.name != "posix":  # Windows ACLs are not mode bits
+        return None
+    try:
+        mode = Path(private_key).stat().st_mode & 0o777
+    except OSError:
+        return None
+    if not mode & 0o077:
+        return None
+    return (f"{private_key} can be read by other users of this machine (mode {mode:04o}); "
+            f"anyone who copies it can sign bundles and licences as you: chmod 600 {private_key}")
 
 
 def generate_keypair(directory: Path, name: str = "edgetune", passphrase: str | None = None,
@@ -66,24 +103,35 @@ def generate_keypair(directory: Path, name: str = "edgetune", passphrase: str | 
     directory = Path(directory)
     priv_path, pub_path = directory / f"{name}.key", directory / f"{name}.pub"
     if not overwrite:
-        for p in (priv_path, pub_path):
-            if os.path.lexists(p):
-                raise KeyFileError(f"{p} already exists; refusing to overwrite a key",
-                                   "Pick another --name or directory, or pass --overwrite.")
+        for p, kind in ((priv_path, "private"), (pub_path, "public")):
+            if not os.path.lexists(p):
+                continue
+            if problem := key_file_problem(p, kind):
+                raise KeyFileError(
+                    f"{p} exists but is broken ({problem}): it is not a usable {kind} key",
+                    "If it never signed anything (e.g. it was written on a full disk), delete "
+                    "it or pass --overwrite; if it did, restore it from a backup, as followers "
+                    "verify with its key.")
+            raise KeyFileError(f"{p} already exists; refusing to overwrite a key",
+                               "Pick another --name or directory, or pass --overwrite.")
+    key = ec.generate_private_key(ec.SECP256R1())
+    pw = passphrase_bytes(passphrase)
+    enc: ser.KeySerializationEncryption = (
+        ser.BestAvailableEncryption(pw) if pw else ser.NoEncryption())
+    pub_pem = key.public_key().public_bytes(ser.Encoding.PEM, ser.PublicFormat.SubjectPublicKeyInfo)
+    written: list[Path] = []
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        key = ec.generate_private_key(ec.SECP256R1())
-        pw = passphrase_bytes(passphrase)
-        enc: ser.KeySerializationEncryption = (
-            ser.BestAvailableEncryption(pw) if pw else ser.NoEncryption())
         write_new_file(priv_path, key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, enc),
-                   0o600, overwrite)
-        pub_pem = key.public_key().public_bytes(ser.Encoding.PEM,
-                                                ser.PublicFormat.SubjectPublicKeyInfo)
+                       0o600, overwrite)
+        written.append(priv_path)
         write_new_file(pub_path, pub_pem, 0o644, overwrite)
     except OSError as e:
-        raise KeyFileError(f"cannot write key files in {directory}: {e.strerror}",
-                           "Check that the directory is writable.") from e
+        if not overwrite:  # a pair or nothing: a lone .key would block the next try
+            for p in written:
+                p.unlink(missing_ok=True)
+        raise KeyFileError(f"cannot write key files in {directory}: {e.strerror or e}",
+                           "Check that the folder is writable and the disk not full.") from e
     return KeyPair(priv_path, pub_path, key_id(key.public_key()))
 
 
@@ -104,21 +152,28 @@ def check_p256(key: Any, path: Path, kind: str) -> None:
 
 def read_key_file(path: Path, kind: str) -> bytes:
     try:
-        return Path(path).read_bytes()
+        data = Path(path).read_bytes()
     except FileNotFoundError as e:
         raise KeyFileError(f"{kind} key file not found: {path}", _KEY_HINT) from e
     except OSError as e:
         raise KeyFileError(f"cannot read {kind} key file {path}: {e.strerror}",
                            "Check the path and its permissions.") from e
+    if not data.strip():
+        raise KeyFileError(f"{kind} key file {path} is empty: it is broken, not a key",
+                           "If it never signed anything (e.g. written on a full disk), make a new "
+                           "pair with `edgetune keys new --overwrite`; else restore it from a "
+                           "backup.")
+    return data
 
 
 def load_public_key(path: Path) -> Any:
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization as ser
 
     data = read_key_file(path, "public")
     try:
         key = ser.load_pem_public_key(data)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
         raise KeyFileError(f"{path} is not a PEM public key",
                            "Pass the creator's .pub file, not the private key.") from e
     check_p256(key, path, "public")
@@ -131,6 +186,7 @@ def key_id_of(public_key_path: Path) -> str:
 
 
 def load_private_key(path: Path, passphrase: str | None) -> Any:
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization as ser
 
     data = read_key_file(path, "private")
@@ -143,7 +199,7 @@ def load_private_key(path: Path, passphrase: str | None) -> Any:
                                "Supply the passphrase the key was created with.") from None
         raise KeyFileError(f"{path} is not encrypted but a passphrase was given",
                            "Sign without a passphrase.") from None
-    except ValueError:
+    except (ValueError, UnsupportedAlgorithm):
         if pw is not None and b"ENCRYPTED" in data:
             raise KeyFileError(f"wrong passphrase for {path}",
                                "Re-enter the passphrase the key was created with.") from None

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from edgetune.errors import ToolchainError
+from edgetune.safe_text import printable
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 _SETUP_HINT = "run `make setup` (it builds llama-cpp-python with its tools and installs the converter)"
@@ -123,7 +124,7 @@ def log_lines(path: Path | None) -> Iterator[None]:
 
     def write(text: str) -> None:
         out = log or sys.stderr
-        out.write(text)
+        out.write(printable(text))  # GGUF metadata and paths in these lines are not ours
         out.flush()
 
     @llama_cpp.llama_log_callback

@@ -16,3 +16,9 @@ def cache_dir() -> Path:
 
 def keys_dir() -> Path:
     return home() / "keys"
+
+
+def revocations_dir() -> Path:
+    """The newest revocation-list sequence seen, one small file per creator key
+    (``edgetune.licences.floor``)."""
+    return home() / "revocations"

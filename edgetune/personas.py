@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from edgetune import strict_json
 from edgetune.chat_format import (ChatFormat, derive_chat_format, llmfarm_prompt_format,
                                   ollama_template, render_chat_template)
 from edgetune.errors import ConfigError
@@ -124,7 +125,7 @@ def restamp_pocketpal(pal_file: bytes, *, hf_repo: str, model_file: str) -> byte
         raise ConfigError(f"hf_repo must look like 'user/repo', not {hf_repo!r}",
                           "Name the Hugging Face repository as USER/NAME.")
     try:
-        pal = json.loads(pal_file)
+        pal = strict_json.loads(pal_file, strict_json.PERSONA)
     except ValueError as e:
         raise ConfigError(f"{POCKETPAL_FILE} is not valid JSON ({e})",
                           "Rebuild the bundle.") from None

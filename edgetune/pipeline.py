@@ -71,13 +71,18 @@ def build(project: Project, profile: QuantProfile, out: Path, *, key: Path | Non
     # Bad input fails here, before anything is created (keys, models, output folders).
     preflight.check_output(out)
     base = preflight.check_base(project)
+    preflight.check_space(out, base, profile.quants)
     ev.stage("data", str(project.data))
     inputs = stages.read_inputs(project)
+    for dropped in inputs.dropped[:5]:
+        ev.note(dropped)
+    if len(inputs.dropped) > 5:
+        ev.note(f"... and {len(inputs.dropped) - 5} more repeated rows dropped")
     ev.stage_done("data", f"{len(inputs.splits.train)} train / {len(inputs.splits.eval)} "
                           "held-out rows" + (f", {len(inputs.sft_examples)} SFT examples"
                                              if inputs.sft_examples else ""))
     signs = to_stage in (None, "bundle")  # a build stopped earlier needs no key, makes none
-    if key is not None and signs:
+    if signs:  # the default key too: a broken one is found now, not after training
         preflight.check_key(key, passphrase)
     prepared = preflight.prepare(project, inputs, base, on_note=ev.note)
     project, inputs = prepared.project, prepared.inputs

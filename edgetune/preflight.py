@@ -2,23 +2,27 @@
 
 A build that fails after an hour of training for a reason knowable in the first second (a
 mistyped folder, a hub id with no network, an unwritable output folder, a key with the wrong
-passphrase, a base model whose licence nobody stated) wastes the creator's evening. ``check``
-runs those checks first. ``prepare`` then turns the project into the one the stages build: the
-training settings not given fitted to the model, device and data (``training.defaults``), the
-creator and base licence settled, and the format warm start set up where a pretrained base
-needs it (``training.warmstart``). ``edgetune status`` calls ``prepare`` too, so it plans the
+passphrase, a base model whose licence nobody stated, a disk too small for the quants) wastes
+the creator's evening. The ``check_*`` functions run those checks first. ``prepare`` then
+turns the project into the one the stages build: the training settings not given fitted to the
+model, device and data (``training.defaults``), the creator and base licence settled, and the
+format warm start set up where a pretrained base needs it (``training.warmstart``). ``edgetune status`` calls ``prepare`` too, so it plans the
 same stages as the build.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import shutil
+import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgetune.basemodel import BaseModel
-from edgetune.errors import ConfigError, OutputExistsError
+from edgetune.errors import ConfigError, KeyFileError, OutputExistsError
 from edgetune.project import Project
 from edgetune.stages import BuildInputs
 from edgetune.training.defaults import TOY_MODEL, FittedSettings
@@ -32,15 +36,71 @@ class Prepared:
     fitted: FittedSettings | None  # None: no setting fitted (the demo, or a tiny test model)
 
 
-def check_output(out: Path) -> None:
-    """The output folder can be created and written (not a file, not read-only)."""
+def check_output(out: Path, option: str = "--out") -> None:
+    """The output folder can be created and written: not a file, not inside a file, not
+    read-only. Tried with a scratch file, not ``os.access``, which says yes to root on a
+    read-only disk."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"--out {out} is a file", hint="choose a folder for --out")
+        raise OutputExistsError(f"{option} {out} is a file", hint=f"choose a folder for {option}")
     parent = next((p for p in (out, *out.parents) if p.exists()), Path("."))
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"cannot write to {parent}",
-                          hint="choose an --out folder you can write to")
+    if not parent.is_dir():
+        raise ConfigError(f"{option} {out}: {parent} is a file, not a folder",
+                          hint=f"choose a folder for {option}")
+    try:
+        fd, scratch = tempfile.mkstemp(dir=parent, prefix=".edgetune-write-test-")
+        os.close(fd)
+        os.unlink(scratch)
+    except OSError as e:
+        raise ConfigError(f"cannot write to {parent} ({option} {out}): {e.strerror}",
+                          hint=f"choose a {option} folder you can write to") from None
+
+
+def read_text(path: Path, option: str) -> str:
+    """A text file the user named (``--system-prompt-file``), as UTF-8: an error naming the
+    file and the option instead of a traceback when it cannot be read or decoded."""
+    try:
+        return Path(path).read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{option} {path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at "
+                          f"offset {e.start})", hint="save the file as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"{option} {path}: cannot be read ({e.strerror})",
+                          hint="check the path and its permissions") from None
+
+
+# Bits per weight of each quant type, as llama.cpp builds them for 1-8B models (rounded up):
+# enough for a disk estimate, which only has to be right within a factor of two.
+_BITS_PER_WEIGHT = {"Q2_K": 3.0, "Q3_K_S": 3.5, "Q3_K_M": 4.0, "Q3_K_L": 4.3, "IQ4_XS": 4.3,
+                    "Q4_0": 4.6, "Q4_K_S": 4.7, "Q4_K_M": 5.0, "Q5_K_S": 5.6, "Q5_K_M": 5.8,
+                    "Q6_K": 6.6, "Q8_0": 8.5, "F16": 16.0, "BF16": 16.0}
+
+
+def check_space(out: Path, base: BaseModel | None, quants: Sequence[str]) -> None:
+    """Roughly enough free disk under ``out`` for the merged model and the F16 GGUF (2 bytes a
+    weight each) and every quant, written once and copied into the bundle. Skipped when the
+    model's size is unknown (the demo); what ``out`` already holds is counted as free, as a
+    rebuild replaces it."""
+    if base is None or not base.parameters:
+        return
+    bits = 16 + 16 + 2 * sum(_BITS_PER_WEIGHT.get(q.upper(), 8.5) for q in quants)
+    need = int(base.parameters * bits / 8)
+    parent = next((p for p in (Path(out), *Path(out).parents) if p.exists()), Path("."))
+    free = shutil.disk_usage(parent).free + _size_of(Path(out))
+    if free < need:
+        raise ConfigError(f"not enough disk space for this build in {parent}: about "
+                          f"{need / 1e9:.1f} GB needed (merged model, F16 GGUF, {len(quants)} "
+                          f"quant(s) and their copies in the bundle), {free / 1e9:.1f} GB free",
+                          hint="free some space, or choose an --out folder on a larger disk")
+
+
+def _size_of(folder: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
 
 
 def check_base(project: Project) -> BaseModel | None:
@@ -59,13 +119,24 @@ def check_base(project: Project) -> BaseModel | None:
     return base
 
 
-def check_key(private_key: Path, passphrase: str | None) -> None:
-    """An existing signing key loads with this passphrase (a wrong one fails now, not after
-    training)."""
-    from edgetune.keys import load_private_key
+def check_key(private_key: Path | None, passphrase: str | None) -> None:
+    """The signing key loads with this passphrase and the .pub beside it is its public half: a
+    broken (e.g. 0-byte) key, a wrong passphrase or a stray .pub fails now, not when the bundle
+    is signed after training. ``None``: the default key, which the build makes if missing."""
+    from edgetune.keys import default_private_key, key_id, load_private_key, load_public_key
 
-    if Path(private_key).is_file():
-        load_private_key(Path(private_key), passphrase)
+    key = Path(private_key) if private_key is not None else default_private_key()
+    if not os.path.lexists(key):
+        if private_key is None:
+            return
+        raise KeyFileError(f"signing key {key} not found",
+                           hint="create one with `edgetune keys new`")
+    public_half = key_id(load_private_key(key, passphrase).public_key())
+    pub = key.with_suffix(".pub")
+    if os.path.lexists(pub) and key_id(load_public_key(pub)) != public_half:
+        raise KeyFileError(f"{pub} is not the public key of {key}",
+                           hint="the build verifies the signed bundle with the .pub beside the "
+                                "key: put the matching .pub there (or remove the stray one)")
 
 
 def prepare(project: Project, inputs: BuildInputs, base: BaseModel | None, *,

@@ -67,9 +67,19 @@ DEFAULT_THRESHOLDS: dict[str, QuantThresholds] = {
 }
 assert set(DEFAULT_THRESHOLDS) == set(QUANT_TYPES), "every quant type needs default thresholds"
 
-# imatrix (importance matrix from the creator's own data, never the eval text) helps most where
-# the bits are fewest: llama.cpp's Mistral-7B figures, PPL increase Q4_K_M 1.08% -> 0.75%.
-DEFAULT_IMATRIX_QUANTS: tuple[str, ...] = ("Q4_K_M", "Q4_0")
+# imatrix (importance matrix from the creator's own data, never the eval text) for every quant
+# below 8 bits: llama.cpp's Mistral-7B figures, PPL increase Q4_K_M 1.08% -> 0.75%. Giving it to
+# the 4-bit quants only inverted verdicts on a real model (SmolLM2-135M: Q5_K_M without it had a
+# higher KLD than Q4_K_M with it). Q8_0 ignores an imatrix.
+DEFAULT_IMATRIX_QUANTS: tuple[str, ...] = ("Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K")
+
+# Decode speed of a quant over F16's, measured in the same run. On CPU decode reads every weight
+# once per token, so a quant, with fewer bytes to read, decodes at least as fast as F16. Best of
+# 3-5 on a quiet 2-core machine: SmolLM2-135M Q4_K_M 1.45-1.75x, Q8_0 1.4x; a 46M llama 2.3x;
+# the 3 MB test/demo model, whose decode step is mostly overhead, 0.94-1.12x (not held to the
+# ratio: gates.MIN_F16_STEP_MS). 0.8 leaves room for noise between two measurements and still
+# fails a quant slower than F16 on the machine that measured both.
+DEFAULT_MIN_DECODE_RATIO = 0.8
 
 
 @dataclass(frozen=True)
@@ -83,9 +93,12 @@ class QuantProfile:
 
     Gates (all optional): ``imatrix_quants`` are built with a domain importance matrix when they
     are built (they need not all be in ``quants``). ``min_decode_tps`` is a floor on decode
-    tokens/s *measured on the build machine* by ``evaluate.speed`` (CPU, 8 threads at most); it
+    tokens/s *measured on the build machine* by ``edgetune.speed`` (CPU, 8 threads at most); it
     is not a phone figure: it catches a model too large for the device class, assuming the build
-    machine decodes roughly 2.5-3x faster than the profile's device. ``None``: no speed gate.
+    machine decodes roughly 2.5-3x faster than the profile's device. ``None``: no speed floor.
+    ``min_decode_ratio`` is a floor on each quant's decode tokens/s over F16's, both measured in
+    the same run, so the build machine's own speed cancels out (``DEFAULT_MIN_DECODE_RATIO``;
+    ``None``: no ratio check). Neither check fails a quant measured while the machine was busy.
     ``thresholds`` holds the quality limits of every quant type, the defaults above with the
     profile's overrides merged in field by field.
     """
@@ -99,6 +112,7 @@ class QuantProfile:
     ram_gb: float | None = None
     imatrix_quants: tuple[str, ...] = DEFAULT_IMATRIX_QUANTS
     min_decode_tps: float | None = None
+    min_decode_ratio: float | None = DEFAULT_MIN_DECODE_RATIO
     thresholds: dict[str, QuantThresholds] = field(
         default_factory=lambda: dict(DEFAULT_THRESHOLDS), hash=False)
 
@@ -207,6 +221,12 @@ def parse_profile(data: dict, where: str) -> QuantProfile:
                 problem(key, f"must be a positive number or null, got {value!r}")
             else:
                 values[key] = float(value)
+    if "min_decode_ratio" in data:  # null turns the check off, unlike a missing key
+        value = data["min_decode_ratio"]
+        if value is not None and (not _is_number(value) or not 0 < value < math.inf):
+            problem("min_decode_ratio", f"must be a positive number or null, got {value!r}")
+        else:
+            values["min_decode_ratio"] = None if value is None else float(value)
     if "thresholds" in data:
         values["thresholds"] = _thresholds(data["thresholds"], problem)
     _raise(problems)

@@ -33,7 +33,9 @@ from edgetune import hub, keys, paths, signing
 from edgetune.errors import ConfigError, EdgetuneError
 
 ACCESS = ("private", "gated", "public")
-_KEEP_REMOTE = {".gitattributes"}  # the Hub's own file: never deleted
+# The Hub's own file, and the creator's revocation list (pull.REVOCATIONS_FILE, uploaded
+# beside the bundle, not signed into it): never deleted
+_KEEP_REMOTE = {".gitattributes", "revocations.json"}
 
 
 @dataclass(frozen=True)
@@ -197,9 +199,15 @@ def publish(bundle: Path, repo: str, *, access: str = "private", token: str | No
     token = hub.resolve_token(token)
     client = hub.api(token)
     gated = access == "gated"
+    offline = None  # a dry run works without the network: why the repo was not compared
     if token:  # a refused token is said plainly, before the bundle is touched
-        with hub.errors(repo):
-            hub.whoami(client, note)
+        try:
+            with hub.errors(repo):
+                hub.whoami(client, note, retry=not dry_run)
+        except hub.HubUnreachable as exc:
+            if not dry_run:
+                raise
+            offline = f"{exc.message}: the repo was not compared, every file is listed"
     elif not dry_run:
         raise hub.HubError("no Hugging Face token found", hint=hub.LOGIN_HINT)
 
@@ -220,11 +228,13 @@ def publish(bundle: Path, repo: str, *, access: str = "private", token: str | No
     digests = verified_digests(root, public_key)
 
     with hub.errors(repo, writing=not dry_run):
-        info, head = _repo_state(client, repo, note) if token else (None, None)
+        info, head = _repo_state(client, repo, note) if token and not offline else (None, None)
         remote = _remote_files(client, repo, head, note) if head else {}
         result.files = _changes(root, digests, remote)
         if dry_run:
-            if info is None:
+            if offline:
+                result.notes.append(offline)
+            elif info is None:
                 result.notes.append("the repo does not exist yet (or the token cannot see it): "
                                     "it would be created" if token else
                                     "no token: the repo was not compared, every file is listed")

@@ -3,7 +3,9 @@
 Nothing is reported as downloaded until the signature, every file's hash and the manifest have
 checked out against the creator's public key (and the follower's licence, when given). Files
 land in ``<out>.partial`` and are moved to ``<out>`` only then; a bundle that fails verification
-is deleted. An interrupted download resumes: the partial folder (with huggingface_hub's own
+is deleted. A licence is checked against the newest revocation list: ``--revocations``, else
+the ``revocations.json`` the creator published in the repo, never one older than the repo's or
+than one this machine has seen (``licences.newest_revocations``). An interrupted download resumes: the partial folder (with huggingface_hub's own
 resume data) is kept when the network, not the bundle, failed.
 
 The creator's key: ``--key`` the first time (from the creator, with the licence); it is then
@@ -23,6 +25,9 @@ from edgetune import hub, keys, paths
 from edgetune.errors import ConfigError, EdgetuneError, OutputExistsError, VerificationError
 
 MANIFEST = "edgetune.json"
+# The creator's signed revocation list, published beside the bundle (not one of its signed
+# files: revoking must not re-sign the model): `hf upload USER/NAME revoked.json revocations.json`.
+REVOCATIONS_FILE = "revocations.json"
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,10 @@ def pull(target: str, *, out: Path | None = None, key: Path | None = None,
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} already exists", hint="choose another --out or pass --overwrite")
     staging = out.with_name(out.name + ".partial")
+    if licence is not None:  # its format and signature before any download (binding: after)
+        from edgetune.licences import read_licence
+
+        read_licence(licence, public_key)
     client = hub.api(hub.resolve_token(token))
     with hub.errors(repo):
         info = hub.retrying(lambda: client.model_info(repo, revision=revision or "main"),
@@ -103,11 +112,24 @@ def pull(target: str, *, out: Path | None = None, key: Path | None = None,
             raise EdgetuneError(f"{repo}: not an edgetune bundle (no {MANIFEST})",
                                 hint="pull a repo published with edgetune publish")
         staging.mkdir(parents=True, exist_ok=True)
-        manifest = _read_json(_download(client, repo, sha, MANIFEST, staging, note))
+        try:
+            manifest = _read_json(_download(client, repo, sha, MANIFEST, staging, note))
+        except VerificationError:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         wanted = _select(files, manifest, quant, repo)
         note(f"downloading {len(wanted)} files of {repo} at {sha[:12]}")
         for rel in wanted:
             _download(client, repo, sha, rel, staging, note)
+        carried = None
+        if licence is not None:  # the repo's current list: from main, whatever --revision says
+            head = info if revision in (None, "main") else hub.retrying(
+                lambda: client.model_info(repo, revision="main"), what="reading the repo",
+                on_retry=note)
+            if REVOCATIONS_FILE in {s.rfilename for s in head.siblings or []}:
+                lists = staging.with_name(staging.name + "-revocations")
+                carried = (_download(client, repo, head.sha, REVOCATIONS_FILE, lists, note),
+                           head.sha)
     shutil.rmtree(staging / ".cache", ignore_errors=True)  # the client's resume data: not signed
     try:
         result = verify_bundle(staging, public_key, partial=quant is not None)
@@ -116,9 +138,12 @@ def pull(target: str, *, out: Path | None = None, key: Path | None = None,
             from edgetune.licences import verify_licence
 
             info_licence = verify_licence(licence, public_key, bundle_id=result.bundle_id,
-                                          bundle_version=result.version, revocations=revocations)
-    except VerificationError:
-        shutil.rmtree(staging, ignore_errors=True)  # never leave a bundle that failed
+                                          bundle_version=result.version,
+                                          revocations=_newest_revocations(
+                                              revocations, public_key, carried, repo))
+    except Exception:  # no network here: whatever failed, never leave a bundle that failed
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging.with_name(staging.name + "-revocations"), ignore_errors=True)
         raise
     if out.exists():
         shutil.rmtree(out)
@@ -132,13 +157,32 @@ def pull(target: str, *, out: Path | None = None, key: Path | None = None,
                       licence_expires=info_licence.expires if info_licence else None)
 
 
-def _read_json(path: Path) -> dict:
-    import json
+def _newest_revocations(given: Path | None, public_key: Path,
+                        carried: tuple[Path, str] | None, repo: str):
+    """The list the licence is checked against: never older than the repo's (``carried``: the
+    downloaded file and the commit) or than one this machine has seen
+    (``licences.newest_revocations``)."""
+    from edgetune.licences import load_revocations, newest_revocations
 
+    if carried is None:
+        return newest_revocations(given, public_key)
+    path, sha = carried
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        repo_list = load_revocations(path, public_key)
+    finally:
+        shutil.rmtree(path.parent, ignore_errors=True)
+    return newest_revocations(given, public_key,
+                              carried=(repo_list, f"{repo} {REVOCATIONS_FILE} at {sha[:12]}"))
+
+
+def _read_json(path: Path) -> dict:
+    from edgetune import strict_json
+
+    try:  # unverified yet: read as strictly as verify will
+        data = strict_json.loads(strict_json.read_bytes(path, strict_json.MANIFEST),
+                                 strict_json.MANIFEST)
     except (OSError, ValueError) as e:
-        raise VerificationError(f"{MANIFEST}: not valid JSON ({e})", "Ask the creator to publish "
+        raise VerificationError(f"{MANIFEST}: {e}", "Ask the creator to publish "
                                 "the bundle again.", path=MANIFEST, exit_code=9) from None
     if not isinstance(data, dict) or not isinstance(data.get("artifacts"), list):
         raise VerificationError(f"{MANIFEST}: no artifact list", "Ask the creator to publish the "
@@ -149,7 +193,7 @@ def _read_json(path: Path) -> dict:
 def _select(files: list[str], manifest: dict, quant: str | None, repo: str) -> list[str]:
     """Every file of the repo, but only ``quant``'s GGUF of the listed ones when a quant is asked."""
     ggufs = {a.get("path"): str(a.get("quant")) for a in manifest["artifacts"] if isinstance(a, dict)}
-    wanted = [f for f in files if f not in (MANIFEST, ".gitattributes")]
+    wanted = [f for f in files if f not in (MANIFEST, ".gitattributes", REVOCATIONS_FILE)]
     if quant is None:
         return wanted
     match = [p for p, q in ggufs.items() if q.lower() == quant.lower()]

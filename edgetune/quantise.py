@@ -34,6 +34,7 @@ def quantise(gguf: GgufModel, profile: QuantProfile, out: Path, *, name: str,
                           hint=f"choose from {', '.join(QUANT_TYPES)}")
     files: dict[str, str] = {}
     fallbacks: dict[str, int] = {}
+    mix: dict[str, dict] = {}
     without: dict[str, str] = {}
     calibrated = [q for q in quants if q in profile.imatrix_quants] if imatrix_texts else []
     with atomic_dir(out, overwrite=overwrite) as scratch:
@@ -50,10 +51,11 @@ def quantise(gguf: GgufModel, profile: QuantProfile, out: Path, *, name: str,
             else:
                 quantise_file(gguf.gguf, scratch / file, quant)
             files[quant] = file
-            fallbacks[quant] = count_fallbacks(scratch / file, quant)
+            mix[quant] = tensor_mix(scratch / file, quant)
+            fallbacks[quant] = mix[quant]["fell_back"]
         artifact = QuantizedModels(path=scratch, source_gguf=str(gguf.gguf), files=files,
                                    fallbacks=fallbacks, imatrix=imatrix.name if imatrix else "",
-                                   without_imatrix=without)
+                                   without_imatrix=without, mix=mix)
         artifact.save()
     return dataclasses.replace(artifact, path=out)
 
@@ -74,13 +76,20 @@ def quantise_file(src: Path, dst: Path, quant: str) -> None:
 
 def count_fallbacks(path: Path, quant: str) -> int:
     """How many weight matrices did not get the K-quant type asked for (rows not 256-aligned)."""
-    if "_K" not in quant:
-        return 0
+    return tensor_mix(path, quant)["fell_back"]
+
+
+def tensor_mix(path: Path, quant: str) -> dict:
+    """What llama.cpp really built for ``quant``: the weight matrices, how many of them fell back
+    from a K-quant to a legacy type (rows not a multiple of 256: "Q4_K_M" can be mostly q5_0 on a
+    576-wide model), and the file's real bits per weight over every tensor."""
     import gguf
 
     reader = gguf.GGUFReader(str(path))
-    count = 0
-    for tensor in reader.tensors:
-        if len(tensor.shape) >= 2 and tensor.tensor_type.name in _FALLBACK_TYPES:
-            count += 1
-    return count
+    matrices = [t for t in reader.tensors if len(t.shape) >= 2]
+    fell_back = (sum(t.tensor_type.name in _FALLBACK_TYPES for t in matrices)
+                 if "_K" in quant else 0)
+    weights = sum(int(t.n_elements) for t in reader.tensors)
+    stored = sum(int(t.n_bytes) for t in reader.tensors)
+    return {"matrices": len(matrices), "fell_back": fell_back,
+            "bits_per_weight": round(8 * stored / weights, 3) if weights else None}

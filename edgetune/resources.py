@@ -35,3 +35,9 @@ def templates_dir() -> Path:
 def demo_data() -> Path:
     """The built-in demo's questions."""
     return _packaged("demo", "data", "questions.jsonl")
+
+
+def general_english() -> str:
+    """A general-English evaluation text (about 4,000 tokens; CC0/public domain, see
+    ``resources/general_english.NOTICE``): fidelity is measured on it beside the held-out rows."""
+    return _packaged("resources", "general_english.txt").read_text(encoding="utf-8")

@@ -163,11 +163,13 @@ class BuildInputs:
     warm_start: str | None = None  # None: SFT (if any) on the project's own sft_data
     sft_steps: int | None = None  # None: project.sft_steps
     sft_learning_rate: float | None = None  # None: the GRPO learning rate
+    dropped: tuple[str, ...] = ()  # notes on rows that repeated earlier ones (data.load_qa)
 
 
 def read_inputs(project: Project) -> BuildInputs:
     """Read and split the project's data (bad input fails here, before any stage runs)."""
-    rows = load_qa(project.data, project.columns).rows
+    loaded = load_qa(project.data, project.columns)
+    rows = loaded.rows
     splits = split_qa(rows, eval_fraction=project.eval_fraction)
     sft_examples = None
     if project.sft_data is not None:
@@ -175,7 +177,8 @@ def read_inputs(project: Project) -> BuildInputs:
 
         sft_examples = tuple(load_sft(project.sft_data, format=project.sft_format,
                                       system_prompt=project.system_prompt).examples)
-    return BuildInputs(rows=rows, splits=splits, sft_examples=sft_examples)
+    return BuildInputs(rows=rows, splits=splits, sft_examples=sft_examples,
+                       dropped=loaded.dropped)
 
 
 def plan_build(project: Project, profile: QuantProfile, out: Path, *,

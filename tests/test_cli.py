@@ -195,7 +195,9 @@ def test_keys_new_refuses_when_only_the_public_key_exists(tmp_path: Path):
     (d / "n.pub").write_text("not mine")
     result = _run("keys", "new", "--dir", d, "--name", "n")
     assert result.exit_code == 1
-    assert _err_lines(result)[0] == f"Error: {d / 'n.pub'} already exists; refusing to overwrite a key"
+    # Not a key at all: reported as broken, not as a key that "exists" (issue 19)
+    assert _err_lines(result)[0] == (f"Error: {d / 'n.pub'} exists but is broken (not a PEM "
+                                     "public key): it is not a usable public key")
     assert not (d / "n.key").exists()
 
 

@@ -356,3 +356,51 @@ def test_write_jsonl_round_trips(tmp_path: Path) -> None:
     assert [(r.question, r.answer, r.reasoning) for r in loaded] == [
         (r.question, r.answer, r.reasoning) for r in rows]
     assert list(tmp_path.joinpath("artifacts").iterdir()) == [out]
+
+
+# ----------------------------------------------------------------------------- bad data (issue 19)
+
+def test_one_question_with_two_answers_stops_with_both_lines(tmp_path: Path) -> None:
+    path = jsonl(tmp_path / "qa.jsonl", {"question": "What is 1+1?", "answer": "2"},
+                 {"question": "What is 2+2?", "answer": "4"},
+                 {"question": "What is 1+1?", "answer": "3"},
+                 {"question": "  WHAT is 1+1? ", "answer": 999})
+    err = error(path)
+    assert err.message == ("qa.jsonl:3 has the question of qa.jsonl:1 with another answer ('3' "
+                           "here, '2' there); qa.jsonl:4 has the question of qa.jsonl:1 with "
+                           "another answer ('999' here, '2' there)")
+    with pytest.raises(DataError):  # not a bad row: skipping rows does not hide it
+        load_qa(path, skip_bad_rows=True)
+
+
+def test_an_exact_repeat_is_dropped_with_a_note(tmp_path: Path) -> None:
+    path = jsonl(tmp_path / "qa.jsonl", {"question": "What is 1+1?", "answer": "2"},
+                 {"question": "What is 2+2?", "answer": "4"},
+                 {"question": "what is  1+1?", "answer": " 2"})
+    loaded = load_qa(path)
+    assert [r.source for r in loaded.rows] == ["qa.jsonl:1", "qa.jsonl:2"]
+    assert loaded.dropped == ("qa.jsonl:3 repeats qa.jsonl:1 (same question and answer): "
+                              "dropped",)
+
+
+@pytest.mark.parametrize("text, where", [
+    ("question,answer\nWhat\0 is 2+2?,4\n", "qa.csv:2: field 'question' has a control character "
+                                            "(U+0000 at character 5)"),
+    ("question,answer\nWhat is 2+2?,4\x1b[2K\n", "qa.csv:2: field 'answer' has a control "
+                                                 "character (U+001B at character 2)"),
+])
+def test_control_characters_stop_with_file_and_line(tmp_path: Path, text: str, where: str) -> None:
+    assert error(write(tmp_path / "qa.csv", text)).message == where
+
+
+def test_tabs_and_line_breaks_are_text(tmp_path: Path) -> None:
+    path = jsonl(tmp_path / "qa.jsonl", {"question": "Pace?\tkm\r\nmile", "answer": "5:00"})
+    assert load_qa(path).rows[0].question == "Pace?\tkm\r\nmile"
+
+
+def test_a_row_over_the_limit_stops_with_its_line(tmp_path: Path) -> None:
+    path = jsonl(tmp_path / "qa.jsonl", {"question": "Hi?", "answer": "1"},
+                 {"question": "x" * 2_000, "answer": "2"})
+    assert error(path, max_chars=1_000).message == (
+        "qa.jsonl:2: row is 2,001 characters long, over the limit of 1,000")
+    assert len(load_qa(path).rows) == 2  # the default is generous

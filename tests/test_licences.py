@@ -363,11 +363,12 @@ def test_csv_issues_one_verifiable_file_per_follower(keys, tmp_path: Path):
 
 
 def test_csv_follower_column_alone_and_bundle_folder(keys, tmp_path: Path):
-    bundle = tmp_path / "bundle"
-    bundle.mkdir()
-    (bundle / "edgetune.json").write_text(json.dumps({
-        "bundle_id": "ada-coach", "version": "1.2.0",
-        "creator": {"name": "Ada", "key_id": key_id_of(keys.public_key)}}))
+    from edgetune.bundle import BundleModel, build_bundle
+    from tests.test_bundle import _gguf, _info
+
+    model = BundleModel("Q4_K_M", _gguf(tmp_path / "m.gguf", 1), "qwen3", 4096, 10**9)
+    bundle = build_bundle(tmp_path / "bundle", _info(bundle_id="ada-coach", version="1.2.0"),
+                          [model], private_key=keys.private_key).path  # signed: it verifies
     paths = issue_from_csv(keys.private_key, None, bundle, _csv(tmp_path, "Follower\nada\n"),
                            tmp_path / "out")
     assert verify_licence(paths[0], keys.public_key, **BUNDLE).follower == "ada"
@@ -461,3 +462,69 @@ def test_csv_thousand_followers(keys, tmp_path: Path):
     ("CON", "_CON"), ("nul.txt", "_nul.txt"), ("...", "follower"), ("a b\\c", "a_b_c")])
 def test_safe_file_stem(follower: str, stem: str):
     assert safe_file_stem(follower) == stem
+
+
+# --- the revocation floor (issue 19) ------------------------------------------------------------
+
+def _two_sequences(keys, tmp_path: Path) -> tuple[Path, Path]:
+    """old.json at sequence 1, new.json at sequence 2 (which also revokes "b" * 32)."""
+    new = tmp_path / "new.json"
+    revoke(keys.private_key, None, new, licence_ids=["a" * 32], bundle_id="ada-coach")
+    old = tmp_path / "old.json"
+    old.write_bytes(new.read_bytes())
+    revoke(keys.private_key, None, new, licence_ids=["b" * 32], bundle_id="ada-coach")
+    return old, new
+
+
+def test_an_older_list_than_one_seen_is_refused_and_so_is_none(keys, tmp_path: Path):
+    from edgetune.licences import newest_revocations
+
+    old, new = _two_sequences(keys, tmp_path)  # revoke() raised this machine's floor to 2
+    with pytest.raises(VerificationError) as older:
+        newest_revocations(old, keys.public_key)
+    assert older.value.exit_code == 16 and older.value.path == str(old)
+    assert "revocation list sequence 1 is older than sequence 2 seen on" in older.value.message
+    with pytest.raises(VerificationError) as none:
+        newest_revocations(None, keys.public_key)
+    assert none.value.exit_code == 16 and "no revocation list given" in none.value.message
+    assert newest_revocations(new, keys.public_key).sequence == 2
+    # Another creator's floor is its own: a key never seen needs no list.
+    assert newest_revocations(None, generate_keypair(tmp_path / "k", "x").public_key) is None
+
+
+def test_a_follower_machine_learns_the_floor_from_the_first_list_it_checks(keys, tmp_path: Path,
+                                                                          monkeypatch):
+    from edgetune.licences import newest_revocations
+
+    old, new = _two_sequences(keys, tmp_path)
+    monkeypatch.setenv("EDGETUNE_HOME", str(tmp_path / "follower"))  # a machine that saw none
+    assert newest_revocations(old, keys.public_key).sequence == 1  # all it knows: accepted
+    assert newest_revocations(new, keys.public_key).sequence == 2
+    with pytest.raises(VerificationError, match="sequence 1 is older than sequence 2"):
+        newest_revocations(old, keys.public_key)
+    carried = load_revocations(new, keys.public_key)
+    with pytest.raises(VerificationError, match="older than sequence 2 in this bundle's repo"):
+        newest_revocations(old, keys.public_key, carried=(carried, "alice/coach"))
+
+
+def test_a_broken_floor_record_fails_closed(keys, tmp_path: Path):
+    from edgetune.licences import floor, newest_revocations
+
+    _old, new = _two_sequences(keys, tmp_path)
+    record = floor.floor_file(key_id_of(keys.public_key))
+    assert json.loads(record.read_text())["sequence"] == 2
+    record.write_text("{\"sequence\": ")
+    with pytest.raises(ConfigError, match="record of the newest revocation list seen is unreadable"):
+        newest_revocations(new, keys.public_key)
+
+
+def test_revoke_refuses_to_extend_a_list_older_than_one_it_signed(keys, tmp_path: Path):
+    old, new = _two_sequences(keys, tmp_path)
+    with pytest.raises(ConfigError, match="old.json is sequence 1, but this machine has "
+                                          "sequence 2 seen on"):
+        revoke(keys.private_key, None, old, licence_ids=["c" * 32], bundle_id="ada-coach")
+    with pytest.raises(ConfigError, match="does not exist, but this machine has sequence 2"):
+        revoke(keys.private_key, None, tmp_path / "fresh.json", licence_ids=["c" * 32],
+               bundle_id="ada-coach")
+    assert revoke(keys.private_key, None, new, licence_ids=["c" * 32],
+                  bundle_id="ada-coach").sequence == 3

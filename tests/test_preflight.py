@@ -4,6 +4,7 @@ first second with the right hint; settings fit the model; status knows a flag-dr
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,52 @@ def test_status_knows_the_options_of_a_flag_driven_build(demo_build):
     assert result.exit_code == 0, result.output
     states = json.loads(result.output)["phone"]
     assert [s["status"] for s in states] == ["up to date"] * len(states), states
+
+
+# --------------------------------------------------------------------------- issue 19
+
+def test_an_output_inside_a_file_is_refused_by_name(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConfigError, match="f is a file, not a folder"):
+        preflight.check_output(tmp_path / "f" / "out")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder anyway")
+def test_a_read_only_output_folder_is_refused(tmp_path):
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o555)
+    try:
+        with pytest.raises(ConfigError, match="cannot write to .*ro .*Permission denied"):
+            preflight.check_output(tmp_path / "ro" / "out")
+    finally:
+        (tmp_path / "ro").chmod(0o755)
+
+
+def test_a_disk_too_small_for_the_quants_is_refused_before_work(tmp_path):
+    import shutil
+
+    free = shutil.disk_usage(tmp_path).free
+    # A model whose F16 copies alone need more than the disk has; a small one passes.
+    huge = basemodel.BaseModel(tmp_path, None, None, parameters=free)
+    with pytest.raises(ConfigError, match="not enough disk space for this build") as err:
+        preflight.check_space(tmp_path / "out", huge, ("Q4_K_M", "Q8_0"))
+    assert "2 quant(s)" in err.value.message
+    preflight.check_space(tmp_path / "out", basemodel.BaseModel(tmp_path, None, None,
+                                                                 parameters=1_000), ("Q4_K_M",))
+    preflight.check_space(tmp_path / "out", None, ("Q4_K_M",))  # the demo: size unknown
+
+
+def test_the_key_is_checked_whole_before_work(tmp_path):
+    from edgetune.errors import KeyFileError
+    from edgetune.keys import generate_keypair
+
+    pair = generate_keypair(tmp_path / "k", "a", "secret words")
+    preflight.check_key(pair.private_key, "secret words")
+    with pytest.raises(KeyFileError, match="wrong passphrase"):
+        preflight.check_key(pair.private_key, "other words")
+    pair.public_key.write_bytes(generate_keypair(tmp_path / "k2", "b").public_key.read_bytes())
+    with pytest.raises(KeyFileError, match="a.pub is not the public key of"):
+        preflight.check_key(pair.private_key, "secret words")
+    with pytest.raises(KeyFileError, match="not found"):
+        preflight.check_key(tmp_path / "missing.key", None)
+    preflight.check_key(None, None)  # the default key, not made yet: the build makes it

@@ -13,9 +13,9 @@ from edgetune.cli import cli
 from edgetune.errors import ConfigError, EdgetuneError
 from edgetune.gates import (GateFailure, GateResult, check_gates, failures_table_rows, gate_quant,
                             gate_report)
-from edgetune.profiles import (DEFAULT_THRESHOLDS, MIB, PROFILES_DIR, QuantProfile, QuantThresholds,
-                               available_profiles, load_profile, parse_profile,
-                               pocketpal_usable_ram_mib)
+from edgetune.profiles import (DEFAULT_MIN_DECODE_RATIO, DEFAULT_THRESHOLDS, MIB, PROFILES_DIR,
+                               QuantProfile, QuantThresholds, available_profiles, load_profile,
+                               parse_profile, pocketpal_usable_ram_mib)
 from edgetune.llamacpp import QUANT_TYPES
 
 SHIPPED = sorted(PROFILES_DIR.glob("*.yaml"))
@@ -52,6 +52,9 @@ def test_every_shipped_profile_loads_and_validates(path: Path):
     quants, ctx, budget, ram_gb, floor = EXPECTED[path.stem]
     assert (by_name.quants, by_name.context_length, by_name.memory_budget_mb, by_name.ram_gb,
             by_name.min_decode_tps) == (quants, ctx, budget, ram_gb, floor)
+    # Every shipped profile states the ratio to F16 it holds decode to (the default, for now).
+    assert "\nmin_decode_ratio: " in path.read_text()
+    assert by_name.min_decode_ratio == DEFAULT_MIN_DECODE_RATIO
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
@@ -106,7 +109,8 @@ def test_hand_built_profile_gets_the_defaults():
     p = QuantProfile(name="x", description="x", quants=("Q4_K_M",), context_length=1024,
                      memory_budget_mb=1000)
     assert p.eval_context == 512 and p.ram_gb is None and p.min_decode_tps is None
-    assert p.imatrix_quants == ("Q4_K_M", "Q4_0")
+    # every quant below 8 bits gets the domain imatrix (issue 18: Q4 only inverted verdicts)
+    assert p.imatrix_quants == ("Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K")
     assert p.thresholds == DEFAULT_THRESHOLDS and p.thresholds is not DEFAULT_THRESHOLDS
     assert p.memory_budget_bytes == 1000 * MIB
     assert hash(p) == hash(dataclasses.replace(p))  # still hashable despite the dict field
@@ -272,6 +276,17 @@ def test_gate_fields_parse():
     assert parse_profile({**VALID, "min_decode_tps": None}, "x.yaml").min_decode_tps is None
 
 
+def test_min_decode_ratio_parses_and_null_turns_it_off():
+    assert parse_profile(dict(VALID), "x.yaml").min_decode_ratio == DEFAULT_MIN_DECODE_RATIO
+    assert parse_profile({**VALID, "min_decode_ratio": 1}, "x.yaml").min_decode_ratio == 1.0
+    assert parse_profile({**VALID, "min_decode_ratio": None}, "x.yaml").min_decode_ratio is None
+    for bad in (0, -0.5, "fast", True, float("inf")):
+        with pytest.raises(ConfigError) as caught:
+            parse_profile({**VALID, "min_decode_ratio": bad}, "x.yaml")
+        assert caught.value.problems == (
+            f"x.yaml: min_decode_ratio: must be a positive number or null, got {bad!r}",)
+
+
 # --------------------------------------------------------------------------- gates
 
 PROFILE = QuantProfile(name="phone-6gb", description="test", quants=("Q4_K_M", "Q8_0"),
@@ -290,10 +305,11 @@ def test_gate_quant_passes_with_every_check_recorded():
         "accuracy_drop": {"value": 0.02, "limit": 0.05, "passed": True,
                           "task_accuracy": 0.78, "f16_task_accuracy": 0.80},
         "decode_tps": {"value": 12.0, "limit": 8.0, "passed": True},
+        "decode_ratio": {"skipped": True, "why": "not measured"},  # no F16 speed to compare with
         "ram_needed_bytes": {"value": 3000 * MIB, "limit": 3400 * MIB, "passed": True},
     })
     assert list(result.checks) == ["kld_mean", "top1", "ppl_ratio", "accuracy_drop", "decode_tps",
-                                   "ram_needed_bytes"]
+                                   "decode_ratio", "ram_needed_bytes"]
 
 
 @pytest.mark.parametrize(("change", "check", "reason"), [
@@ -316,7 +332,7 @@ def test_gate_quant_fails_each_check(change, check, reason):
     assert not result.passed
     assert result.reasons == (reason,)
     assert result.checks[check]["passed"] is False
-    assert [name for name, c in result.checks.items() if not c["passed"]] == [check]
+    assert [name for name, c in result.checks.items() if c.get("passed") is False] == [check]
 
 
 def test_limits_are_inclusive():
@@ -345,7 +361,8 @@ def test_missing_metrics_are_skipped_not_failed():
     result = gate_quant("Q4_K_M", {}, PROFILE)
     assert result.passed and result.reasons == ()
     assert result.checks == {name: {"skipped": True, "why": "not measured"} for name in (
-        "kld_mean", "top1", "ppl_ratio", "accuracy_drop", "decode_tps", "ram_needed_bytes")}
+        "kld_mean", "top1", "ppl_ratio", "accuracy_drop", "decode_tps", "decode_ratio",
+        "ram_needed_bytes")}
     # None counts as missing; accuracy needs both numbers.
     result = gate_quant("Q4_K_M", {"kld_mean": None, "task_accuracy": 0.1}, PROFILE)
     assert result.passed

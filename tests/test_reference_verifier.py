@@ -191,3 +191,74 @@ def test_reference_hashes_in_chunks(tmp_path: Path):
     ref.open = lambda path, mode="r": _ReadSpy(open(path, mode), sizes)  # shadows the builtin
     assert ref.sha256_file(tmp_path / "big.bin") == hashlib.sha256(data).hexdigest()
     assert sizes == [ref.CHUNK] * 5  # four reads with data, one empty read at the end
+
+
+# --- JSON limits and names on screen (SPEC.md "JSON limits", "Showing names"): the reference
+# verifier and edgetune refuse the same hostile documents with the same code.
+
+def _hostile_manifest(edit):
+    def make(bundle: Path) -> None:
+        from edgetune.signing import sign_bundle
+
+        text = (bundle / "edgetune.json").read_text()
+        (bundle / "edgetune.json").write_text(edit(text))
+        sign_bundle(bundle, VECTORS / "TEST-ONLY-creator.key")
+    return make
+
+
+def _hostile_name(bundle: Path) -> None:
+    (bundle / "x\r\033[2KOK vector-demo 1.0.0: 9 signed files\033[8m").write_text("hi")
+
+
+HOSTILE = {
+    "duplicate-key": (_hostile_manifest(lambda t: t.replace(
+        '"license_terms":', '"license_terms": "anything", "license_terms":', 1)), 9),
+    "oversize": (_hostile_manifest(lambda t: t.replace(
+        '"training": {', '"training": {"pad": "' + "x" * (1 << 20) + '", ', 1)), 9),
+    "deep": (_hostile_manifest(lambda t: t.replace(
+        '"training": {', '"training": {"deep": ' + "[" * 65 + "]" * 65 + ", ", 1)), 9),
+    "control-character-name": (_hostile_name, 6),
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_reference_and_edgetune_refuse_hostile_bundles_alike(tmp_path: Path, name: str):
+    import shutil
+
+    make, code = HOSTILE[name]
+    bundle = Path(shutil.copytree(VECTORS / "bundles" / "good", tmp_path / "bundle"))
+    make(bundle)
+    v = {"bundle": "bundle", "key": "TEST-ONLY-creator.pub", "licence": None,
+         "revocations": None}
+    shutil.copy(VECTORS / "TEST-ONLY-creator.pub", tmp_path)
+    ref_code, output = _reference(v, tmp_path)
+    assert (ref_code, _edgetune(v, tmp_path)[0]) == (code, code), output
+    assert len(output.strip().splitlines()) == 1 and "\x1b" not in output, repr(output)
+    assert "\r" not in output and "OK" not in output.split(":")[0], repr(output)
+
+
+def test_reference_refuses_a_licence_with_a_duplicate_key(tmp_path: Path):
+    """Signed, but ``expires`` twice: refused (16), as edgetune does, whatever a parser keeps."""
+    import base64
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    ref = _load_reference()
+    good = next(v for v in COMMITTED if v["name"] == "licence-good")
+    envelope = json.loads((VECTORS / good["licence"]).read_text())
+    body = base64.b64decode(envelope["payload"]).decode()
+    body = body[:-1] + ',"expires":"2999-12-31","expires":"2000-01-01"}'
+    key = serialization.load_pem_private_key((VECTORS / "TEST-ONLY-creator.key").read_bytes(),
+                                             None)
+    sig = key.sign(ref.pae(ref.LICENCE, body.encode()), ec.ECDSA(hashes.SHA256()))
+    envelope.update(payload=base64.b64encode(body.encode()).decode(),
+                    signatures=[{"keyid": "k", "sig": base64.b64encode(sig).decode()}])
+    licence = tmp_path / "dup.licence.json"
+    licence.write_text(json.dumps(envelope))
+    v = {**good, "licence": str(licence)}
+    argv = [str(VECTORS / good["bundle"]), "--key", str(VECTORS / good["key"]),
+            "--licence", str(licence)]
+    assert ref.main(argv) == 16
+    assert _edgetune({**v, "bundle": str(VECTORS / good["bundle"]),
+                      "key": str(VECTORS / good["key"])}, Path("/"))[0] == 16

@@ -109,6 +109,12 @@ def model_card(manifest: dict, eval_results: dict, *, report_page: bool = True) 
                   f"Full results: `{EVAL_FILE}` (this table: `{EVAL_TABLE_FILE}`)."
                   if report.ordered_quants(eval_results)
                   else f"No per-quant results were recorded; see `{EVAL_FILE}`.")
+    if any("task_drop_ci95" in m for m in eval_quants(eval_results).values()):
+        evaluation += ("\n\nTask accuracy is the share of held-out questions answered right "
+                       "(right/asked). The drop from F16 is in points, with a 95% interval from "
+                       "the questions one model got right and the other wrong: where F16 "
+                       "itself scores under 10% or the interval is wider than the allowed drop, "
+                       "accuracy is not judged (see \"Not judged\" under the table).")
     if report_page:
         evaluation += (f"\n\nThe whole report on one page, with the reward curve of training, "
                        f"the quality gates and every file: [`{REPORT_FILE}`]({REPORT_FILE}).")

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from edgetune import keys, resources, signing
+from edgetune import keys, resources, signing, strict_json
 from edgetune.bundle.files import MANIFEST_FILE, VerifyResult, is_gguf
 from edgetune.errors import ConfigError, EdgetuneError, VerificationError
 
@@ -49,11 +49,8 @@ def manifest_schema_error(manifest: Any) -> str | None:
 def read_manifest(root: Path) -> dict:
     """The bundle's manifest, valid against the schema (ConfigError otherwise)."""
     path = root / MANIFEST_FILE
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path}: cannot read the manifest ({e})",
-                          "Sign a bundle folder written by edgetune build.") from None
+    manifest = strict_json.read(path, strict_json.MANIFEST, error=ConfigError,
+                                hint="Sign a bundle folder written by edgetune build.")
     if err := manifest_schema_error(manifest):
         raise ConfigError(f"{path}: {err}", "Fix the manifest (see mobile_bundle/SPEC.md).")
     return manifest
@@ -92,10 +89,15 @@ def verify_bundle(bundle: Path, public_key: Path, *, partial: bool = False) -> V
         signed = signing.verify_signature(root, public_key)  # its errors pass through unchanged
     if MANIFEST_FILE not in signed:
         raise _fail(f"{MANIFEST_FILE}: the manifest is missing", 9, MANIFEST_FILE)
-    try:
-        manifest = json.loads((root / MANIFEST_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise _fail(f"{MANIFEST_FILE}: not valid JSON ({e})", 9, MANIFEST_FILE) from None
+    try:  # strictly: duplicate keys, depth, number and size limits (SPEC.md, JSON limits)
+        manifest = strict_json.loads(strict_json.read_bytes(root / MANIFEST_FILE,
+                                                            strict_json.MANIFEST),
+                                     strict_json.MANIFEST)
+    except OSError as e:
+        raise _fail(f"{MANIFEST_FILE}: cannot read ({e.strerror})", 9, MANIFEST_FILE,
+                    "Check the bundle's file permissions.") from None
+    except strict_json.JsonRejected as e:
+        raise _fail(f"{MANIFEST_FILE}: {e}", 9, MANIFEST_FILE) from None
     listed = manifest.get("artifacts") if isinstance(manifest, dict) else None
     for art in listed if isinstance(listed, list) else []:
         rel = art.get("path") if isinstance(art, dict) else None

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from edgetune.cli.base import echo
 from edgetune.cli.options import (TRAIN_FIELDS, json_option, passphrase_for, signing_key_option,
                                   training_options)
 from edgetune.stages import STAGES
@@ -35,10 +36,10 @@ def init(directory, name, force) -> None:
     from edgetune.project.init import init_project
 
     for item in init_project(directory, name=name, force=force):
-        click.echo(f"{item.action:<8} {item.path}")
+        echo(f"{item.action:<8} {item.path}")
     here = Path(os.path.abspath(directory)) == Path.cwd()
     config = directory / PROJECT_FILE
-    click.echo(f"Next: edit {config}, then run: "
+    echo(f"Next: edit {config}, then run: "
                + ("edgetune build" if here else f"edgetune build --config {config}"))
 
 
@@ -67,7 +68,10 @@ def _build_overrides(ctx: click.Context) -> dict:
     if "base_bits" in given:
         settings["train.base_bits"] = int(given["base_bits"])
     if "system_prompt_file" in given:
-        settings["persona.system_prompt"] = given["system_prompt_file"].read_text().strip()
+        from edgetune.preflight import read_text
+
+        settings["persona.system_prompt"] = read_text(given["system_prompt_file"],
+                                                      "--system-prompt-file").strip()
     return settings
 
 
@@ -136,7 +140,7 @@ def build(config, targets, data, question_field, answer_field, base_model, base_
       edgetune build --data qa.jsonl --sft-data cot.jsonl --answer-format r1 ...
       edgetune build ... --resume        # continue after Ctrl-C or a crash
     """
-    from rich.markup import escape
+    from rich.text import Text
 
     from edgetune import pipeline  # pipeline.build looked up now: tests replace it
     from edgetune.cli.console import (build_events, eval_table, gate_table, print_table,
@@ -151,7 +155,7 @@ def build(config, targets, data, question_field, answer_field, base_model, base_
     # The options above reach the project through _build_overrides, only where they were given.
     if config is None and Path(PROJECT_FILE).is_file():
         config = Path(PROJECT_FILE)
-        console.print(f"[yellow]note:[/] using ./{PROJECT_FILE} (pass --config to choose another "
+        console.print(f"note: using ./{PROJECT_FILE} (pass --config to choose another "
                       "project file)")
     overrides = _build_overrides(click.get_current_context())
     resolved = resolve_project(config, overrides)
@@ -184,8 +188,8 @@ def build(config, targets, data, question_field, answer_field, base_model, base_
             continue
         if not as_json:
             print_table(console, eval_table(result.eval_report))
-            label = f"Bundle ({escape(profile.name)}):" if per_target else "Bundle:"
-            console.print(f"[bold green]{label}[/] {result.bundle.path}")
+            label = f"Bundle ({profile.name}):" if per_target else "Bundle:"
+            console.print(Text.assemble((label, "bold green"), f" {result.bundle.path}"))
             console.print(f"Verify: edgetune verify {result.bundle.path} "
                           f"--public-key {result.public_key}")
             if result.report is not None:
@@ -200,7 +204,7 @@ def build(config, targets, data, question_field, answer_field, base_model, base_
 
         payload = (summary(next(iter(results.values()))) if not per_target
                    else {"targets": {name: summary(r) for name, r in results.items()}})
-        click.echo(json.dumps(payload, indent=2))
+        echo(json.dumps(payload, indent=2))
 
 
 @click.command()
@@ -247,16 +251,17 @@ def status(config, targets, out, private_key, as_json) -> None:
                            per_target=len(profiles) > 1)
         report[profile.name] = stages.states(out, plans)
     if as_json:
-        click.echo(json.dumps({name: [{"stage": s.name, "folder": str(s.folder),
+        echo(json.dumps({name: [{"stage": s.name, "folder": str(s.folder),
                                        "status": s.status, "why": s.why} for s in states]
                                for name, states in report.items()}, indent=2))
         return
     colour = {"up to date": "green", "stale": "yellow", "missing": "red"}
     for name, states in report.items():
-        click.echo(f"{out} (target {name}):")
+        echo(f"{out} (target {name}):")
         for s in states:
-            text = click.style(f"{s.status:<10}", fg=colour[s.status])
-            click.echo(f"  {s.name:<9} {text} {s.folder}" + (f"  ({s.why})" if s.why else ""))
+            echo(f"  {s.name:<9} ", nl=False)
+            echo(f"{s.status:<10}", fg=colour[s.status], nl=False)
+            echo(f" {s.folder}" + (f"  ({s.why})" if s.why else ""))
 
 
 @click.command()
@@ -278,7 +283,7 @@ def targets() -> None:
     quants_w = max(len(", ".join(p.quants)) for p in profiles)
     for name, p in zip(available_profiles(), profiles):
         floor = f"{p.min_decode_tps:g} tok/s" if p.min_decode_tps is not None else "none"
-        click.echo(f"{name:<{name_w}}  {', '.join(p.quants):<{quants_w}}  ctx {p.context_length:<5} "
+        echo(f"{name:<{name_w}}  {', '.join(p.quants):<{quants_w}}  ctx {p.context_length:<5} "
                    f"budget {p.memory_budget_mb:>6,} MiB  floor {floor:<10} {p.description}")
 
 

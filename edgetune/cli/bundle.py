@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from edgetune.cli.base import echo
 from edgetune.cli.options import (json_option, passphrase_for, public_key_option,
                                   signing_key_option)
 from edgetune.errors import EdgetuneError
@@ -46,9 +47,9 @@ def keys_new(directory, name, passphrase, overwrite) -> None:
         secret = os.environ.get("EDGETUNE_KEY_PASSPHRASE") or click.prompt(
             "Passphrase", hide_input=True, confirmation_prompt=True)
     pair = generate_keypair(directory or paths.keys_dir(), name, secret, overwrite=overwrite)
-    click.echo(f"private key: {pair.private_key} (keep it secret; never put it in a bundle)")
-    click.echo(f"public key:  {pair.public_key} (share it with your followers)")
-    click.echo(f"key id:      {pair.key_id}")
+    echo(f"private key: {pair.private_key} (keep it secret; never put it in a bundle)")
+    echo(f"public key:  {pair.public_key} (share it with your followers)")
+    echo(f"key id:      {pair.key_id}")
 
 
 
@@ -59,13 +60,15 @@ def keys_new(directory, name, passphrase, overwrite) -> None:
 @click.option("--license", "--licence", "licence", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Also check this follower licence against the bundle.")
 @click.option("--revocations", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The creator's signed revocation list (with --license).")
+              help="The creator's signed revocation list (with --license). Needed once this "
+                   "machine has seen one of this creator's lists; an older one is refused.")
 @json_option("Print the result as JSON.")
 def verify(bundle, public_key, licence, revocations, as_json) -> None:
     """Check a bundle's signature, every file's hash, and its manifest. Works offline.
 
     With --license, also check that the licence is signed by the same creator, is for this
-    bundle and version, has not expired and is not in --revocations. Exits 0 when everything
+    bundle and version, has not expired and is not in --revocations, a list at least as new as
+    the newest of this creator's lists this machine has seen. Exits 0 when everything
     holds; otherwise prints the offending file and exits non-zero (codes: mobile_bundle/SPEC.md).
 
     \b
@@ -82,13 +85,14 @@ def verify(bundle, public_key, licence, revocations, as_json) -> None:
         result = verify_bundle(bundle, public_key)
         info = None
         if licence is not None:
-            from edgetune.licences import verify_licence
+            from edgetune.licences import newest_revocations, verify_licence
 
             info = verify_licence(licence, public_key, bundle_id=result.bundle_id,
-                                  bundle_version=result.version, revocations=revocations)
+                                  bundle_version=result.version,
+                                  revocations=newest_revocations(revocations, public_key))
     except EdgetuneError as exc:
         if as_json:  # scripts always get JSON on stdout, whatever failed
-            click.echo(json.dumps({"ok": False, "error": exc.message,
+            echo(json.dumps({"ok": False, "error": exc.message,
                                    "file": getattr(exc, "path", None),
                                    "exit_code": exc.exit_code}))
             sys.exit(exc.exit_code)
@@ -99,12 +103,12 @@ def verify(bundle, public_key, licence, revocations, as_json) -> None:
         if info is not None:
             payload["licence"] = {"licence_id": info.licence_id, "follower": info.follower,
                                   "expires": info.expires, "devices": info.devices}
-        click.echo(json.dumps(payload))
+        echo(json.dumps(payload))
         return
-    click.echo(f"OK: {result.bundle_id} {result.version}, {result.files} files, "
+    echo(f"OK: {result.bundle_id} {result.version}, {result.files} files, "
                f"{result.bytes:,} bytes, signed by key {result.key_id[:16]}…")
     if info is not None:
-        click.echo(f"Licence OK: {info.follower}, "
+        echo(f"Licence OK: {info.follower}, "
                    + (f"valid until {info.expires}" if info.expires else "no expiry")
                    + (f", {info.devices} device(s)" if info.devices else ""))
 
@@ -123,10 +127,12 @@ def sign(bundle, private_key) -> None:
       edgetune sign edgetune-out/bundle
     """
     from edgetune.bundle import resign_bundle
+    from edgetune.preflight import check_output
 
+    check_output(bundle, "BUNDLE")  # it is rewritten in place
     key = private_key or default_private_key()
     result = resign_bundle(bundle, key, passphrase_for(key))
-    click.echo(f"Signed: {result.bundle_id} {result.version} with key {result.key_id[:16]}…")
+    echo(f"Signed: {result.bundle_id} {result.version} with key {result.key_id[:16]}…")
 
 
 @click.group("license")
@@ -161,17 +167,20 @@ def license_issue(bundle, follower, from_csv, expires, devices, out, private_key
         raise click.UsageError("pass exactly one of --follower or --from-csv")
     if from_csv is not None and (expires or devices):
         raise click.UsageError("with --from-csv, put expires/devices in the CSV's columns")
+    from edgetune.preflight import check_output
+
+    check_output(out)
     key = private_key or default_private_key()
     secret = passphrase_for(key)
     if from_csv is not None:
         written = issue_from_csv(key, secret, bundle, from_csv, out)
-        click.echo(f"Issued {len(written)} licences into {out}")
+        echo(f"Issued {len(written)} licences into {out}")
         return
     envelope = issue_for_bundle(key, secret, bundle, follower=follower, expires=expires,
                                 devices=devices)
     out.mkdir(parents=True, exist_ok=True)
     path = write_licence(envelope, out / f"{safe_file_stem(follower)}.licence.json")
-    click.echo(f"Issued {path} for {follower}")
+    echo(f"Issued {path} for {follower}")
 
 
 @license_group.command("revoke")
@@ -183,8 +192,9 @@ def license_issue(bundle, follower, from_csv, expires, devices, out, private_key
 def license_revoke(licences, revocations, bundle_id, private_key) -> None:
     """Revoke licences (files or 32-hex licence ids) in a signed revocation list.
 
-    Publish the list next to the bundle (not inside it); apps refuse a list older than one
-    they have seen.
+    Publish the list next to the bundle (not inside it), e.g. as revocations.json in the
+    bundle's repo (`hf upload USER/NAME revoked.json revocations.json`), which `pull` checks
+    licences against. Apps and this machine refuse a list older than one they have seen.
 
     \b
     Example:
@@ -197,4 +207,4 @@ def license_revoke(licences, revocations, bundle_id, private_key) -> None:
            else licence_id_of(Path(item)) for item in licences]
     key = private_key or default_private_key()
     result = revoke(key, passphrase_for(key), revocations, licence_ids=ids, bundle_id=bundle_id)
-    click.echo(f"{revocations}: {len(result.entries)} revoked (sequence {result.sequence})")
+    echo(f"{revocations}: {len(result.entries)} revoked (sequence {result.sequence})")

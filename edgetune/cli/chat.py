@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from edgetune.cli.base import echo
 from edgetune.cli.options import public_key_option
 from edgetune.errors import EdgetuneError
 
@@ -24,7 +25,7 @@ def _stdin_is_tty() -> bool:
 
 
 def _note(message: str) -> None:
-    click.echo(message, err=True)
+    echo(message, err=True)
 
 
 def _error(exc: EdgetuneError) -> None:
@@ -85,7 +86,7 @@ def chat(bundle, quant, public_key, system, max_tokens, show_prompt, as_json) ->
         interactive = _stdin_is_tty()
         _note(f"{rt.name} {rt.version} · {rt.quant} · context {session.n_ctx} tokens · "
               "/reset starts over, /exit leaves")
-        click.echo(f"{rt.name}: {rt.greeting}", err=not interactive)
+        echo(f"{rt.name}: {rt.greeting}", err=not interactive)
         loop = _interactive if interactive else _piped
         code = loop(session, rt.name, show_prompt=show_prompt, as_json=as_json)
     if code:
@@ -133,7 +134,7 @@ def _interactive(session, name: str, *, show_prompt: bool, as_json: bool) -> int
         try:
             line = input("you> ").strip()
         except (EOFError, KeyboardInterrupt):
-            click.echo()
+            echo()
             return 0
         if not line:
             continue
@@ -141,13 +142,13 @@ def _interactive(session, name: str, *, show_prompt: bool, as_json: bool) -> int
             if done == "exit":
                 return 0
             continue
-        click.echo(f"{name}: ", nl=False)
+        echo(f"{name}: ", nl=False)
         try:
-            _turn(session, line, show_prompt=show_prompt, echo=lambda s: click.echo(s, nl=False))
+            _turn(session, line, show_prompt=show_prompt, echo=lambda s: echo(s, nl=False))
         except KeyboardInterrupt:
-            click.echo()
+            echo()
             return 0
-        click.echo()
+        echo()
 
 
 def _piped(session, name: str, *, show_prompt: bool, as_json: bool) -> int:
@@ -161,14 +162,14 @@ def _piped(session, name: str, *, show_prompt: bool, as_json: bool) -> int:
                 if done == "exit":
                     break
                 continue
-            stream = (lambda _s: None) if as_json else (lambda s: click.echo(s, nl=False))
+            stream = (lambda _s: None) if as_json else (lambda s: echo(s, nl=False))
             reply = _turn(session, line, show_prompt=show_prompt, echo=stream)
             if reply is None:
                 failed = True
             elif as_json:
-                click.echo(json.dumps({"prompt": line, "answer": reply}, ensure_ascii=False))
+                echo(json.dumps({"prompt": line, "answer": reply}, ensure_ascii=False))
             else:
-                click.echo()
+                echo()
     except KeyboardInterrupt:
         return 130
     return 1 if failed else 0
@@ -221,7 +222,7 @@ def compare(prompts, base, tuned, quant, system, max_tokens, as_json) -> None:
     said = repr(result.system_prompt[:60] + ("…" if len(result.system_prompt) > 60 else ""))
     console.print(Text(f"System prompt for both: {said if result.system_prompt else 'none'}"))
     if as_json:
-        click.echo(json.dumps(result.as_list(), indent=2, ensure_ascii=False))
+        echo(json.dumps(result.as_list(), indent=2, ensure_ascii=False))
         return
     from rich.table import Table
 

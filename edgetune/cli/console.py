@@ -4,6 +4,12 @@ A terminal gets a live stage view and colour. A pipe or a CI log gets plain line
 never cut or wrapped at 80 columns (tables as wide as their content), and NO_COLOR (any value)
 turns off every escape code, the live view's included. Consoles are made per command, when
 the command runs, so they see the streams and environment it runs with.
+
+Everything printed is safe to show whatever it holds (names, paths and fields come from files
+others made): a console escapes control and bidi characters in every piece of text it writes
+(``safe_text.printable``), and reads no rich markup unless a call asks for it (``markup=True``
+or a ``Text``), so a name holding ``[bold]`` prints as written. Style with
+``Text.assemble(("Published", "bold green"), f" {repo}")``.
 """
 
 from __future__ import annotations
@@ -14,28 +20,48 @@ import time
 from datetime import timedelta
 
 from rich.console import Console
+from rich.markup import escape
 from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from edgetune.cli.base import no_color
+from edgetune.safe_text import printable
 
 _FEW = 5  # CountBar: more calls than this get a bar
 
 
-def make_console(*, stderr: bool, **options) -> Console:
-    """stderr carries what a person reads (progress, tables, notes); stdout results (JSON)."""
-    console = Console(stderr=stderr, color_system=None if no_color() else "auto", **options)
+class SafeConsole(Console):
+    """A rich Console that escapes control and bidi characters in the text it writes.
+
+    Done where rendered segments become output (``_render_buffer``, rich's one path to the
+    stream for print, tables, progress and live views), because only there is every piece of
+    text seen, whatever renderable it came in; the cursor moves of a live view are control
+    segments and pass unchanged. Overrides a private method: tests/test_redteam.py checks the
+    escaping, so a rich upgrade that renames it fails there."""
+
+    def _render_buffer(self, buffer):
+        return super()._render_buffer(
+            segment if segment.control else segment._replace(text=printable(segment.text))
+            for segment in buffer)
+
+
+def make_console(*, stderr: bool, **options) -> SafeConsole:
+    """stderr carries what a person reads (progress, tables, notes); stdout results (JSON).
+    Markup is off unless a call turns it on (see the module's docstring)."""
+    options.setdefault("markup", False)
+    console = SafeConsole(stderr=stderr, color_system=None if no_color() else "auto", **options)
     if not is_live(console):
         console.soft_wrap = True  # plain lines: never broken at (a default) 80 columns
     return console
 
 
-def stderr_console(**options) -> Console:
+def stderr_console(**options) -> SafeConsole:
     return make_console(stderr=True, **options)
 
 
-def stdout_console(**options) -> Console:
+def stdout_console(**options) -> SafeConsole:
     return make_console(stderr=False, **options)
 
 
@@ -82,22 +108,24 @@ class RichEvents:
         self._progress.stop()
 
     def stage(self, name: str, detail: str = "") -> None:
-        self._tasks[name] = self._progress.add_task("", total=None, stage=name, detail=detail)
+        self._tasks[name] = self._progress.add_task("", total=None, stage=escape(name),
+                                                    detail=escape(detail))
 
     def progress(self, name: str, done: int, total: int, detail: str = "") -> None:
         task = self._tasks.get(name)
         if task is None:
             self.stage(name)
             task = self._tasks[name]
-        self._progress.update(task, completed=done, total=total, detail=detail)
+        self._progress.update(task, completed=done, total=total, detail=escape(detail))
 
     def note(self, message: str) -> None:
-        self._progress.console.print(f"[yellow]note:[/] {message}")
+        self._progress.console.print(Text.assemble(("note:", "yellow"), f" {message}"))
 
     def stage_done(self, name: str, summary: str = "") -> None:
         task = self._tasks[name]
         total = self._progress.tasks[self._tasks[name]].total or 1
-        self._progress.update(task, completed=total, total=total, detail=f"[green]✓[/] {summary}")
+        self._progress.update(task, completed=total, total=total,
+                              detail=f"[green]✓[/] {escape(summary)}")
 
 
 class PlainEvents:
@@ -190,13 +218,21 @@ def eval_table(report: dict) -> Table:
     for col in ("quant", "size", "RAM needed", "PPL ratio", "mean KLD", "top-1", "task acc.",
                 "decode tok/s", "gate"):
         table.add_column(col, justify="left" if col in ("quant", "gate") else "right")
-    from edgetune.report import ordered_quants
+    from edgetune.report.tables import (accuracy_notes, ordered_quants, quant_label, size_label,
+                                        size_notes)
 
+    # Fallbacks and quants that add nothing, and checks that could not judge, under the table.
+    if notes := size_notes(report) + [f"Not judged: {n}." for n in accuracy_notes(report)]:
+        table.caption = " ".join(notes)
     for quant, m in ordered_quants(report):  # F16, then by size as in eval.md
         gate = m.get("gate")
-        verdict = "-" if gate is None else ("[green]pass[/]" if gate["passed"] else "[red]FAIL[/]")
+        verdict = "-" if gate is None else (Text("pass", "green") if gate["passed"]
+                                            else Text("FAIL", "red"))
         acc = m.get("task_accuracy")
-        table.add_row(quant, _mib(m["size_bytes"]), _mib(m["ram_needed_bytes"]),
+        bpw = m.get("bits_per_weight")
+        table.add_row(quant_label(quant, m),
+                      _mib(m["size_bytes"]) + (f", {bpw:.1f} bpw" if bpw else ""),
+                      _mib(m["ram_needed_bytes"]),
                       f"{m.get('ppl_ratio', 1.0):.4f}", f"{m.get('kld_mean', 0.0):.4f}",
                       f"{m.get('top1', 1.0):.1%}", "-" if acc is None else f"{acc:.1%}",
                       f"{m['decode_tps']:,.0f}", verdict)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from edgetune.cli.base import CliGroup
+from edgetune.cli.base import CliGroup, echo
 from edgetune.cli.options import json_option, passphrase_for, signing_key_option
 from edgetune.errors import EdgetuneError
 
@@ -51,7 +51,7 @@ def _json_errors(as_json: bool):
         yield
     except EdgetuneError as exc:
         if as_json and not getattr(exc, "_json_printed", False):
-            click.echo(json.dumps({"ok": False, "error": exc.message, "hint": exc.hint}))
+            echo(json.dumps({"ok": False, "error": exc.message, "hint": exc.hint}))
         raise
 
 
@@ -70,7 +70,7 @@ def _client(repo: str, token: str | None):
 def _note(message: str) -> None:
     from edgetune.hub import redact
 
-    click.echo(f"note: {redact(message)}", err=True)
+    echo(f"note: {redact(message)}", err=True)
 
 
 def _print(table) -> None:
@@ -113,12 +113,12 @@ def _show_list(repo: str, token: str | None, status: str, as_json: bool) -> None
     with _json_errors(as_json):
         requests = list_requests(_client(repo, token), repo, status, on_retry=_note)
     if as_json:
-        click.echo(json.dumps({"ok": True, "repo": repo, "status": status,
+        echo(json.dumps({"ok": True, "repo": repo, "status": status,
                                "requests": [request_json(r) for r in requests]}, indent=2))
         return
     what = "" if status == "all" else f"{status} "
     if not requests:
-        click.echo(f"No {what}access requests on {repo}.")
+        echo(f"No {what}access requests on {repo}.")
         return
     _print(_requests_table(requests, f"{len(requests)} {what}access request(s) on {repo}"))
 
@@ -156,12 +156,12 @@ def _finish(result_json: dict, error, failed: int, as_json: bool) -> None:
         if error is not None:
             result_json.update(error=error.message, hint=error.hint)
             error._json_printed = True
-        click.echo(json.dumps(result_json, indent=2, default=str))
+        echo(json.dumps(result_json, indent=2, default=str))
     if error is not None:
         raise error
     if failed:
         if not as_json:
-            click.echo(f"Error: {failed} user(s) failed (see above); a rerun retries them",
+            echo(f"Error: {failed} user(s) failed (see above); a rerun retries them",
                        err=True)
         ctx.exit(1)
 
@@ -177,10 +177,10 @@ def _handle(repo, users, token, as_json, action, reason=None) -> None:
     if not as_json:
         for o in result.outcomes:
             mark = "✗" if not o.ok else ("✓" if o.changed else "·")
-            click.echo(f"{mark} {o.user}: {o.detail}")
+            echo(f"{mark} {o.user}: {o.detail}")
         changed = sum(o.changed for o in result.outcomes)
         unchanged = sum(o.ok and not o.changed for o in result.outcomes)
-        click.echo(f"{repo}: {changed} {'granted' if action == 'grant' else action + 'ed'}, "
+        echo(f"{repo}: {changed} {'granted' if action == 'grant' else action + 'ed'}, "
                    f"{unchanged} unchanged, {len(result.failed)} failed")
     payload = {"ok": result.ok, "repo": repo, "action": action,
                "results": [o.to_json() for o in result.outcomes]}
@@ -355,31 +355,31 @@ def sync_cmd(repo, token, as_json, paid, dry_run, reject_unpaid, reason, recheck
                       else f"{len(batch.written) if batch else 0} licences written")
     if result.failures:
         counts.append(f"{len(result.failures)} failed")
-    click.echo(("Dry run, nothing changed: " if dry_run else "") + f"{repo}: " + ", ".join(counts))
+    echo(("Dry run, nothing changed: " if dry_run else "") + f"{repo}: " + ", ".join(counts))
     if result.accepted:
-        click.echo(f"{'Would accept' if dry_run else 'Accepted'}: {_names(result.accepted)}")
+        echo(f"{'Would accept' if dry_run else 'Accepted'}: {_names(result.accepted)}")
     if result.unpaid:
         title = (f"Not in {paid.name} ({would}{unpaid_fate}): {len(result.unpaid)} request(s)")
         _print(_requests_table(result.unpaid[:_SHOWN], title, result.fate))
         if len(result.unpaid) > _SHOWN:
-            click.echo(f"... and {len(result.unpaid) - _SHOWN} more (--json lists all)")
+            echo(f"... and {len(result.unpaid) - _SHOWN} more (--json lists all)")
     if result.conflicts:
-        click.echo(f"Left pending, the same payment email was claimed by several accounts "
+        echo(f"Left pending, the same payment email was claimed by several accounts "
                    f"(check by hand, then `followers accept`): {_names(result.conflicts)}")
     if result.already_accepted:
-        click.echo(f"{len(result.already_accepted)} paid follower(s) already had access.")
+        echo(f"{len(result.already_accepted)} paid follower(s) already had access.")
     if result.rejected_paid:
-        click.echo(f"Rejected earlier but in the payments (pass --recheck-rejected to accept "
+        echo(f"Rejected earlier but in the payments (pass --recheck-rejected to accept "
                    f"them): {_names(result.rejected_paid)}")
     if batch is not None:
-        click.echo(f"Licences: {len(batch.written)} written to {licences_dir}"
+        echo(f"Licences: {len(batch.written)} written to {licences_dir}"
                    + (f"; {len(batch.kept)} kept, not overwritten (already there)"
                       if batch.kept else ""))
         if batch.other_release:
-            click.echo(f"Warning: {len(batch.other_release)} kept licence file(s) are not for "
+            echo(f"Warning: {len(batch.other_release)} kept licence file(s) are not for "
                        f"{bundle_id} {version} (e.g. {batch.other_release[0].name}): those "
                        "followers have no licence for this release; use another "
                        "--licences-dir", err=True)
     for o in result.failures:
-        click.echo(f"✗ {o.user}: {o.action} failed: {o.detail}", err=True)
+        echo(f"✗ {o.user}: {o.action} failed: {o.detail}", err=True)
     _finish({}, error, len(result.failures), as_json)

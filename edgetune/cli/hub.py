@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from edgetune.cli.base import echo
 from edgetune.cli.options import (json_option, passphrase_for, public_key_option,
                                   signing_key_option)
 from edgetune.keys import default_private_key
@@ -49,6 +50,8 @@ def publish(bundle, repo, access, dry_run, private_key, public_key, token, as_js
       edgetune publish edgetune-out/bundle --repo coach-ada/marathon-coach --dry-run
     """
     from edgetune.bundle import read_manifest
+    from rich.text import Text
+
     from edgetune.cli.console import stderr_console
     from edgetune.publish import publish as run_publish
 
@@ -63,24 +66,26 @@ def publish(bundle, repo, access, dry_run, private_key, public_key, token, as_js
     passphrase = None if dry_run else passphrase_for(private_key)
     result = run_publish(bundle, repo, access=access, token=token, private_key=private_key,
                          passphrase=passphrase, public_key=public_key, dry_run=dry_run,
-                         on_note=lambda m: console.print(f"[dim]{m}[/]", highlight=False))
+                         on_note=lambda m: console.print(m, style="dim", highlight=False))
     if as_json:
-        click.echo(json.dumps({**result.as_json(), **({"card": result.card} if dry_run else {})}))
+        echo(json.dumps({**result.as_json(), **({"card": result.card} if dry_run else {})}))
         return
     if dry_run:
-        click.echo(f"Dry run: {repo} ({access}), version {result.version}")
+        echo(f"Dry run: {repo} ({access}), version {result.version}")
         for f in result.files:
-            click.echo(f"  {f.action:<9} {human_size(f.size):>10}  {f.path}")
+            echo(f"  {f.action:<9} {human_size(f.size):>10}  {f.path}")
         for n in result.notes:
-            click.echo(f"note: {n}")
-        click.echo("\n--- README.md (model card) ---\n" + result.card)
+            echo(f"note: {n}")
+        echo("\n--- README.md (model card) ---\n" + result.card)
         return
     up = result.uploaded
-    console.print(f"[bold green]Published[/] {repo} {result.version}: {len(up)} file(s) uploaded "
+    console.print(Text.assemble(("Published", "bold green"), f" {repo} {result.version}: "
+                                f"{len(up)} file(s) uploaded "
                   f"({human_size(result.bytes_uploaded)}), "
                   f"{sum(f.action == 'unchanged' for f in result.files)} unchanged"
                   + (f", {sum(f.action == 'delete' for f in result.files)} deleted"
-                     if any(f.action == 'delete' for f in result.files) else ""), highlight=False)
+                     if any(f.action == 'delete' for f in result.files) else "")),
+                  highlight=False)
     console.print(f"  commit {result.commit[:12] if result.commit else '-'}, tag {result.version}"
                   f"{' (new)' if result.tagged else ''}; {result.url}", highlight=False)
     for n in result.notes:
@@ -94,7 +99,8 @@ def publish(bundle, repo, access, dry_run, private_key, public_key, token, as_js
 @click.option("--license", "--licence", "licence", type=click.Path(exists=True, dir_okay=False,
               path_type=Path), default=None, help="Your licence file: checked before success.")
 @click.option("--revocations", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="The creator's revocation list (with --license).")
+              default=None, help="The creator's revocation list (with --license). Default: "
+                                 "the repo's revocations.json, if the creator published one.")
 @click.option("--revision", default=None, help="A version tag or commit. Default: the newest.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for the bundle. Default: NAME (or NAME-QUANT).")
@@ -114,6 +120,8 @@ def pull(target, public_key, licence, revocations, revision, out, overwrite, tok
           --license ada.licence.json
       edgetune chat marathon-coach-Q4_K_M
     """
+    from rich.text import Text
+
     from edgetune.cli.console import stderr_console
     from edgetune.pull import pull as run_pull
 
@@ -122,17 +130,18 @@ def pull(target, public_key, licence, revocations, revision, out, overwrite, tok
         raise click.UsageError("--revocations needs --license")
     result = run_pull(target, out=out, key=public_key, licence=licence, revocations=revocations,
                       revision=revision, token=token, overwrite=overwrite,
-                      on_note=lambda m: console.print(f"[dim]{m}[/]", highlight=False))
+                      on_note=lambda m: console.print(m, style="dim", highlight=False))
     if as_json:
-        click.echo(json.dumps({"repo": result.repo, "revision": result.revision,
+        echo(json.dumps({"repo": result.repo, "revision": result.revision,
                                "path": str(result.path), "bundle_id": result.bundle_id,
                                "version": result.version, "quants": list(result.quants),
                                "files": result.files, "bytes": result.bytes,
                                "key_id": result.key_id, "licence": result.licence_follower}))
         return
-    console.print(f"[bold green]Verified[/] {result.bundle_id} {result.version} from {result.repo} "
-                  f"({', '.join(result.quants)}): {result.files} files, {human_size(result.bytes)}, "
-                  f"signed by key {result.key_id[:16]}… -> {result.path}", highlight=False)
+    console.print(Text.assemble(
+        ("Verified", "bold green"), f" {result.bundle_id} {result.version} from {result.repo} "
+        f"({', '.join(result.quants)}): {result.files} files, {human_size(result.bytes)}, "
+        f"signed by key {result.key_id[:16]}… -> {result.path}"), highlight=False)
     if result.licence_follower:
         console.print(f"Licence OK: {result.licence_follower}"
                       + (f", valid until {result.licence_expires}" if result.licence_expires

@@ -13,11 +13,15 @@ from pathlib import Path
 
 import click
 
-from edgetune.keys import is_encrypted
+from edgetune.cli.base import echo
+from edgetune.keys import is_encrypted, permission_warning
 
 
 def passphrase_for(private_key: Path) -> str | None:
-    """EDGETUNE_KEY_PASSPHRASE, else a prompt when the key file is encrypted. Never echoed."""
+    """EDGETUNE_KEY_PASSPHRASE, else a prompt when the key file is encrypted. Never echoed.
+    Every command that signs asks here first, so this is where a readable key is warned about."""
+    if warning := permission_warning(private_key):
+        echo(f"Warning: {warning}", err=True)
     secret = os.environ.get("EDGETUNE_KEY_PASSPHRASE")
     if secret:
         return secret

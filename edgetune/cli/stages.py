@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from edgetune.cli.base import echo
 from edgetune.cli.options import json_option, train_config, training_options
 
 
@@ -52,6 +53,8 @@ def eval_cmd(f16, quants, target, data, all_rows, question_field, answer_field, 
           --system-prompt-file persona.txt --target phone-4gb --out coach-eval
       edgetune eval F16.gguf Q4_K_M.gguf --data held-out.jsonl --all-rows --json
     """
+    from rich.text import Text
+
     from edgetune.cli.console import (build_events, eval_table, gate_table, print_table,
                                       stderr_console, stdout_for_results)
     from edgetune.data import Columns
@@ -61,13 +64,16 @@ def eval_cmd(f16, quants, target, data, all_rows, question_field, answer_field, 
     from edgetune.project import demo_project
     from edgetune.profiles import load_profile
 
+    from edgetune.preflight import check_output, read_text
+
     if all_rows and data is None:
         raise click.UsageError("--all-rows needs --data (the demo's rows include training rows)")
+    check_output(out)  # before the evaluation, not when the report is written after it
     profile = load_profile(target)
     rows = held_out_rows(data, Columns(question=question_field, answer=answer_field),
                          all_rows=all_rows)
-    system_prompt = (system_prompt_file.read_text().strip() if system_prompt_file
-                     else demo_project().system_prompt)
+    system_prompt = (read_text(system_prompt_file, "--system-prompt-file").strip()
+                     if system_prompt_file else demo_project().system_prompt)
     failure, console = None, stderr_console()
     try:
         with build_events(console) as events, stdout_for_results():
@@ -79,10 +85,11 @@ def eval_cmd(f16, quants, target, data, all_rows, question_field, answer_field, 
     except GateFailure as exc:
         failure, path = exc, out / "eval.json"
     if as_json:
-        click.echo(path.read_text(), nl=False)
+        echo(path.read_text(), nl=False)
     else:
         print_table(console, eval_table(json.loads(path.read_text())))
-        console.print(f"[bold green]Report:[/] {path} (table: eval.md, chart: eval.png)",
+        console.print(Text.assemble(("Report:", "bold green"),
+                                    f" {path} (table: eval.md, chart: eval.png)"),
                       soft_wrap=True)  # a path to copy, never wrapped
     if failure is not None:
         print_table(console, gate_table(failure))
@@ -124,6 +131,8 @@ def train_cmd(method, data, sft_format, question_field, answer_field, base_model
     """
     import dataclasses
 
+    from rich.text import Text
+
     from edgetune.cli.console import build_events, stderr_console, stdout_for_results
     from edgetune.data import Columns, load_qa, split_qa
     from edgetune.events import step_detail
@@ -131,9 +140,16 @@ def train_cmd(method, data, sft_format, question_field, answer_field, base_model
     from edgetune.training.config import TrainConfig
     from edgetune.training.trainer import train
 
+    from edgetune.preflight import check_output, read_text
+
+    check_output(out)  # before training, not when the adapter is saved after it
+    if base_model is not None and Path(base_model).expanduser().is_dir():
+        from edgetune.basemodel import check_complete
+
+        check_complete(Path(base_model).expanduser())  # no model_type, no weights: now
     demo = demo_project()
-    system_prompt = system_prompt_file.read_text().strip() if system_prompt_file else (
-        demo.system_prompt if data is None else "")
+    system_prompt = (read_text(system_prompt_file, "--system-prompt-file").strip()
+                     if system_prompt_file else demo.system_prompt if data is None else "")
     base_cfg = demo.train if data is None else TrainConfig()
     if method == "sft" and training.get("answer_format") is None:
         base_cfg = dataclasses.replace(base_cfg, answer_format="r1")
@@ -147,6 +163,8 @@ def train_cmd(method, data, sft_format, question_field, answer_field, base_model
         rows = load_sft(data, format=sft_format, system_prompt=system_prompt).examples
     else:
         loaded = load_qa(data or demo.data, Columns(question=question_field, answer=answer_field))
+        for dropped in loaded.dropped:
+            echo(f"note: {dropped}", err=True)
         rows = split_qa(loaded.rows, eval_fraction=demo.eval_fraction).train
     from edgetune.training.backends import preload_backend
 
@@ -164,9 +182,10 @@ def train_cmd(method, data, sft_format, question_field, answer_field, base_model
                         on_note=events.note)
         events.stage_done(method, str(adapter.path))
     if as_json:
-        click.echo(json.dumps({"adapter": str(adapter.path), "method": adapter.method,
+        echo(json.dumps({"adapter": str(adapter.path), "method": adapter.method,
                                "backend": adapter.backend, "steps": adapter.steps,
                                "effective_config": adapter.effective_config}))
     else:
-        console.print(f"[bold green]Adapter:[/] {adapter.path}  (log: {adapter.path / adapter.log_file})")
+        console.print(Text.assemble(("Adapter:", "bold green"),
+                                    f" {adapter.path}  (log: {adapter.path / adapter.log_file})"))
 

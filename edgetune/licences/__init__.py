@@ -7,7 +7,8 @@ holds ``creator.pub`` can check everything offline. Formats and exit codes (12-1
 bundle's 2-11): ``mobile_bundle/SPEC.md`` ("Licences").
 
 ``dsse`` seals and opens the envelopes, ``licence`` issues and verifies licences,
-``revocations`` keeps the revocation list; ``formats`` holds what they share.
+``revocations`` keeps the revocation list and ``floor`` the newest sequence this machine has
+seen (an older list is refused); ``formats`` holds what they share.
 """
 
 from edgetune.licences.formats import (
@@ -37,6 +38,7 @@ from edgetune.licences.revocations import (
     Revocation,
     RevocationList,
     load_revocations,
+    newest_revocations,
     revoke,
 )
 
@@ -45,5 +47,5 @@ __all__ = [
     "LICENCE_SUFFIX", "LICENCE_TYPE", "LICENCE_VERSION", "LicenceInfo", "issue_for_bundle",
     "issue_from_csv", "issue_licence", "licence_id_of", "read_licence", "safe_file_stem",
     "verify_licence", "write_licence", "REVOCATIONS_TYPE", "REVOCATIONS_VERSION", "Revocation",
-    "RevocationList", "load_revocations", "revoke",
+    "RevocationList", "load_revocations", "newest_revocations", "revoke",
 ]

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edgetune import keys
+from edgetune import keys, strict_json
 from edgetune.errors import VerificationError
 from edgetune.licences.formats import ASK_CREATOR, EXIT_BAD_SIGNATURE, EXIT_MALFORMED
 
@@ -35,6 +35,9 @@ def seal(payload_type: str, payload: dict, key: Any, key_id: str) -> dict:
             "signatures": [{"keyid": key_id, "sig": base64.b64encode(sig).decode("ascii")}]}
 
 
+_KINDS = {"licence": strict_json.LICENCE, "revocation list": strict_json.REVOCATIONS}
+
+
 def malformed(path: Path, why: str, what: str = "licence") -> VerificationError:
     return VerificationError(f"{path}: malformed {what} ({why})", ASK_CREATOR,
                              path=str(path), exit_code=EXIT_MALFORMED)
@@ -46,15 +49,15 @@ def open_envelope(path: Path, payload_type: str, public_key: Any, what: str) -> 
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    path = Path(path)
+    path, kind = Path(path), _KINDS[what]
     try:
-        env = json.loads(path.read_bytes())
+        env = strict_json.loads(strict_json.read_bytes(path, kind), kind)
     except FileNotFoundError:
         raise malformed(path, "file not found", what) from None
     except OSError as e:
         raise malformed(path, f"cannot read: {e.strerror}", what) from None
-    except ValueError:
-        raise malformed(path, "not JSON", what) from None
+    except strict_json.JsonRejected as e:
+        raise malformed(path, str(e), what) from None
     sigs = env.get("signatures") if isinstance(env, dict) else None
     if not (isinstance(sigs, list) and len(sigs) == 1 and isinstance(sigs[0], dict)
             and isinstance(sigs[0].get("sig"), str) and isinstance(env.get("payload"), str)):
@@ -73,10 +76,10 @@ def open_envelope(path: Path, payload_type: str, public_key: Any, what: str) -> 
             f"{path}: the {what} signature does not match the creator's public key",
             "Check that you have the right creator key; otherwise the file was altered or "
             "signed by someone else.", path=str(path), exit_code=EXIT_BAD_SIGNATURE) from None
-    try:
-        payload = json.loads(body.decode("utf-8"))
-    except ValueError:
-        raise malformed(path, "payload is not UTF-8 JSON", what) from None
+    try:  # signed, and still read strictly: an app must see the fields we saw
+        payload = strict_json.loads(body, kind)
+    except strict_json.JsonRejected as e:
+        raise malformed(path, f"payload: {e}", what) from None
     if not isinstance(payload, dict):
         raise malformed(path, "payload is not a JSON object", what)
     return payload
@@ -92,3 +95,19 @@ def verifying_key(path: Path) -> tuple[Any, str]:
     """The creator's public key and its key id."""
     key = keys.load_public_key(Path(path))  # KeyFileError (exit 1) when unusable
     return key, keys.key_id(key)
+
+
+def verify_bundle_with(bundle: Path, key: Any) -> None:
+    """Verify ``bundle`` with the public half of ``key`` (VerificationError, exit 2-11)."""
+    import tempfile
+
+    from cryptography.hazmat.primitives import serialization
+
+    from edgetune.bundle import verify_bundle
+
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+    with tempfile.TemporaryDirectory(prefix="edgetune-licence-") as tmp:
+        public_key = Path(tmp) / "creator.pub"
+        public_key.write_bytes(pem)
+        verify_bundle(bundle, public_key)

@@ -18,9 +18,11 @@ from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from edgetune import keys, strict_json
 from edgetune.artifacts import atomic_file
 from edgetune.errors import ConfigError, DataError, OutputExistsError, VerificationError
-from edgetune.licences.dsse import malformed, open_envelope, seal, signing_key, verifying_key
+from edgetune.licences.dsse import (malformed, open_envelope, seal, signing_key,
+                                    verify_bundle_with, verifying_key)
 from edgetune.licences.formats import (
     ASK_CREATOR,
     BUNDLE_ID_PATTERN,
@@ -154,7 +156,7 @@ def issue_for_bundle(private_key: Path, passphrase: str | None, bundle: Path, *,
                      now: datetime | None = None) -> dict:
     """Like ``issue_licence``, bound to the bundle folder (or edgetune.json) signed by this key."""
     key, key_id = signing_key(Path(private_key), passphrase)
-    bundle_id, version = _bundle_ids(Path(bundle), key_id)
+    bundle_id, version = _bundle_ids(Path(bundle), key)
     try:
         payload = _licence_payload(key_id=key_id, bundle_id=bundle_id, bundle_version=version,
                                    follower=follower, expires=expires, devices=devices,
@@ -187,8 +189,10 @@ def licence_id_of(path: Path) -> str:
     For the creator revoking their own licences; never use it to trust a licence.
     """
     try:
-        envelope = json.loads(Path(path).read_text(encoding="utf-8"))
-        payload = json.loads(base64.b64decode(envelope["payload"], validate=True))
+        envelope = strict_json.loads(strict_json.read_bytes(Path(path), strict_json.LICENCE),
+                                     strict_json.LICENCE)
+        payload = strict_json.loads(base64.b64decode(envelope["payload"], validate=True),
+                                    strict_json.LICENCE)
         licence_id = payload["licence_id"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{path}: not a licence file ({e})",
@@ -205,19 +209,25 @@ def safe_file_stem(follower: str) -> str:
     return f"_{stem}" if stem.split(".")[0].upper() in _WINDOWS_RESERVED else stem
 
 
-def _bundle_ids(source: Path | tuple[str, str], key_id: str) -> tuple[str, str]:
+def _bundle_ids(source: Path | tuple[str, str], key: Any) -> tuple[str, str]:
+    """``(bundle_id, version)``: given, or from a bundle signed with ``key`` that verifies (a
+    licence for a manifest altered after signing would bind the follower to other ids than
+    the ones apps verify)."""
     if isinstance(source, (tuple, list)):
         return source[0], source[1]
     manifest_path = Path(source) / "edgetune.json" if Path(source).is_dir() else Path(source)
+    hint = "Pass the bundle folder or its edgetune.json."
+    manifest = strict_json.read(manifest_path, strict_json.MANIFEST, error=ConfigError, hint=hint)
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         ids = manifest["bundle_id"], manifest["version"], manifest["creator"]["key_id"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (KeyError, TypeError) as e:
         raise ConfigError(f"cannot read bundle_id and version from {manifest_path}: {e}",
-                          "Pass the bundle folder or its edgetune.json.") from None
+                          hint) from None
+    key_id = keys.key_id(key.public_key())
     if ids[2] != key_id:
         raise ConfigError(f"{manifest_path} names creator key {ids[2]}, not this key ({key_id})",
                           "Issue licences with the key that signed the bundle.")
+    verify_bundle_with(manifest_path.parent, key)
     return ids[0], ids[1]
 
 
@@ -231,7 +241,7 @@ def issue_from_csv(private_key: Path, passphrase: str | None,
     existing files are never overwritten. Returns the paths in row order.
     """
     key, key_id = signing_key(Path(private_key), passphrase)  # once, not per row
-    bundle_id, version = _bundle_ids(bundle_manifest_or_ids, key_id)
+    bundle_id, version = _bundle_ids(bundle_manifest_or_ids, key)
     if not (isinstance(bundle_id, str) and BUNDLE_ID_PATTERN.fullmatch(bundle_id)
             and isinstance(version, str) and _SEMVER.fullmatch(version)):
         raise ConfigError(f"not a bundle id and semver version: {bundle_id!r} {version!r}",

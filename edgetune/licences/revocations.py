@@ -15,10 +15,12 @@ from typing import Any
 from edgetune.artifacts import write_bytes_atomic
 from edgetune.errors import ConfigError, VerificationError
 from edgetune.licences.dsse import malformed, open_envelope, seal, signing_key, verifying_key
+from edgetune.licences.floor import SeenList, remember, seen_list
 from edgetune.licences.formats import (
     ASK_CREATOR,
     BUNDLE_ID_PATTERN,
     EXIT_BAD_SIGNATURE,
+    EXIT_MALFORMED,
     HEX64_PATTERN,
     LICENCE_ID_PATTERN,
     STAMP_PATTERN,
@@ -114,6 +116,7 @@ def revoke(private_key: Path, passphrase: str | None, revocations_path: Path, *,
         raise ConfigError(f"not a bundle id: {bundle_id!r}", "Use the bundle's bundle_id.")
     old = (open_revocations(path, key.public_key(), key_id, None) if path.exists()
            else RevocationList(0, moment, key_id, ()))
+    _refuse_a_fork(path, old, seen_list(key_id))
     new = [Revocation(i, bundle_id, moment) for i in ids if not old.is_revoked(i)]
     if not new:
         return old
@@ -124,4 +127,53 @@ def revoke(private_key: Path, passphrase: str | None, revocations_path: Path, *,
                             "revoked": e.revoked} for e in result.entries]}
     envelope = seal(REVOCATIONS_TYPE, payload, key, key_id)
     write_bytes_atomic(path, (json.dumps(envelope, indent=2) + "\n").encode("utf-8"))
+    remember(key_id, result.sequence, moment, str(path.resolve()), now)
     return result
+
+
+def _refuse_a_fork(path: Path, old: RevocationList, seen: SeenList | None) -> None:
+    """Extending a list older than one this machine signed or saw would sign a second list
+    under a sequence apps may already hold, without the revocations made since."""
+    if seen is None or old.sequence >= seen.sequence:
+        return
+    have = f"is sequence {old.sequence}" if old.sequence else "does not exist"
+    raise ConfigError(f"{path} {have}, but this machine has {seen.describe()} of this "
+                      "creator's revocation list",
+                      f"Pass the newest list with --list (sequence {seen.sequence}); a new "
+                      "sequence made from an older list would drop the revocations since.")
+
+
+def newest_revocations(given: Path | None, public_key_path: Path, *,
+                       carried: tuple[RevocationList, str] | None = None,
+                       now: datetime | None = None) -> RevocationList | None:
+    """The revocation list a licence check must use: ``given`` (a file), else ``carried`` (the
+    list published with the bundle, and where from), never older than either ``carried`` or
+    the newest this machine has seen (16), and never none once one was seen (16). Raises the
+    machine's floor to the list used. None: no list given and none ever seen."""
+    public_key, key_id = verifying_key(public_key_path)
+    seen = seen_list(key_id)
+    if given is None and carried is None:
+        if seen is None:
+            return None
+        raise VerificationError(
+            f"no revocation list given, but this machine has {seen.describe()} of this "
+            "creator's list: without it a revoked licence would pass",
+            f"Pass the creator's newest list with --revocations (sequence {seen.sequence} or "
+            "later).", exit_code=EXIT_MALFORMED)
+    lst = open_revocations(Path(given), public_key, key_id, None) if given else carried[0]
+    where = str(given) if given else carried[1]
+    if carried is not None and lst.sequence < carried[0].sequence:
+        raise _older(where, lst.sequence, f"sequence {carried[0].sequence} in this bundle's "
+                     f"repo ({carried[1]})", carried[0].sequence)
+    if seen is not None and lst.sequence < seen.sequence:
+        raise _older(where, lst.sequence, seen.describe(), seen.sequence)
+    remember(key_id, lst.sequence, lst.issued,
+             str(Path(given).resolve()) if given else carried[1], now)
+    return lst
+
+
+def _older(where: str, sequence: int, newer: str, minimum: int) -> VerificationError:
+    return VerificationError(
+        f"{where}: revocation list sequence {sequence} is older than {newer}: an older list "
+        "can hide a revocation", f"Use the creator's newest revocation list (sequence "
+        f"{minimum} or later).", path=where, exit_code=EXIT_MALFORMED)

@@ -255,6 +255,7 @@ def _plain(value):
 # backward, reference log-probs; a prompt counted as 64 tokens). GPU (H100): decode is per
 # token, not per FLOP: ~8 ms a decode step for 1.5B (compiled), ~30 ms uncompiled (issue 21).
 CPU_FLOPS = 60e9
+CPU_TOKEN_SECONDS = 0.03  # each decode step's fixed cost in generate(), whatever the model size
 GPU_FLOPS = 200e12
 GPU_TOKEN_SECONDS = 0.02
 
@@ -270,7 +271,8 @@ def rough_step_seconds(config: TrainConfig, params: int, *, cuda: bool) -> float
         decode = config.max_completion_length * GPU_TOKEN_SECONDS * max(1.0, params / 1.5e9)
         return decode + 8 * params * trained / GPU_FLOPS
     generated = completions * config.max_completion_length
-    return (2 * params * generated + 8 * params * trained) / CPU_FLOPS
+    return (config.max_completion_length * CPU_TOKEN_SECONDS
+            + (2 * params * generated + 8 * params * trained) / CPU_FLOPS)
 
 
 def rough_estimate(config: TrainConfig, params: int, *, cuda: bool) -> str:

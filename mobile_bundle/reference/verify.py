@@ -33,6 +33,13 @@ HEX64, LICENCE_ID = re.compile(r"[0-9a-f]{64}"), re.compile(r"[0-9a-f]{32}")
 DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 STAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 CHUNK = 1 << 20  # hash in 1 MiB pieces: GGUFs are gigabytes and phones have little RAM
+# SPEC.md "JSON limits": bytes per kind, nesting depth, characters per number
+MANIFEST_MAX, LICENCE_MAX, REVOCATIONS_MAX = 1 << 20, 64 << 10, 16 << 20
+MAX_DEPTH, MAX_NUMBER = 64, 64
+# Printed names come from the bundle: control and bidi characters (and new lines: the result
+# is one line) are shown escaped, so a file name cannot rewrite the line (SPEC.md).
+UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
+                    "\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 class Fail(Exception):
@@ -44,6 +51,58 @@ class Fail(Exception):
 def need(ok):
     if not ok:  # not `assert`: Python drops asserts under -O, and these are security checks
         raise ValueError
+
+
+def printable(text):
+    named = {"\r": "\\r", "\n": "\\n", "\t": "\\t"}
+    return UNSAFE.sub(lambda m: named.get(m.group()) or f"\\u{ord(m.group()):04x}", str(text))
+
+
+def _pairs(pairs):
+    need(len({k for k, _ in pairs}) == len(pairs))  # a duplicate key: refuse, never pick one
+    return dict(pairs)
+
+
+def _number(kind):
+    def parse(literal):
+        need(len(literal) <= MAX_NUMBER)
+        value = kind(literal)
+        need(value not in (float("inf"), float("-inf")))
+        return value
+    return parse
+
+
+def _constant(name):
+    raise ValueError  # NaN, Infinity: not JSON
+
+
+def strict_json(data, limit):
+    """Parse UTF-8 JSON bytes under SPEC.md's limits; ValueError for anything else.
+
+    Duplicate keys, more than `limit` bytes, nesting deeper than MAX_DEPTH, a number literal
+    longer than MAX_NUMBER characters or non-finite, NaN/Infinity, and lone surrogates are
+    all refused, so that every app reads a signed document the same way."""
+    need(len(data) <= limit)
+    try:
+        value = json.loads(data.decode("utf-8"), object_pairs_hook=_pairs,
+                           parse_int=_number(int), parse_float=_number(float),
+                           parse_constant=_constant)
+    except RecursionError:  # deeper than Python's own limit
+        raise ValueError from None
+    level = [value]
+    for _depth in range(MAX_DEPTH):  # then `level` holds the values at depth MAX_DEPTH + 1
+        level = [c for v in level if isinstance(v, (dict, list))
+                 for c in (v.values() if isinstance(v, dict) else v)]
+    need(not any(isinstance(v, (dict, list)) for v in level))
+    need(not re.search("[\ud800-\udfff]", json.dumps(value, ensure_ascii=False)))
+    return value
+
+
+def read_limited(path, limit):
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)  # never more than the limit in memory
+    need(len(data) <= limit)
+    return data
 
 
 def pae(payload_type, payload):
@@ -159,10 +218,9 @@ def verify_manifest(root, signed, key_id):
     if MANIFEST not in signed:
         raise Fail(9, MANIFEST, "the manifest is missing")
     try:
-        with open(os.path.join(root, MANIFEST), encoding="utf-8") as f:
-            m = json.load(f)
+        m = strict_json(read_limited(os.path.join(root, MANIFEST), MANIFEST_MAX), MANIFEST_MAX)
     except Exception:
-        raise Fail(9, MANIFEST, "not valid JSON")
+        raise Fail(9, MANIFEST, "not valid JSON, or beyond the JSON limits")
     arts = m.get("artifacts") if isinstance(m, dict) else None
     for a in arts if isinstance(arts, list) else []:
         if isinstance(a, dict) and isinstance(a.get("path"), str) and escapes(root, a["path"]):
@@ -197,16 +255,15 @@ def verify_manifest(root, signed, key_id):
     return m
 
 
-def read_signed(path, payload_type, key, fields, optional=()):
+def read_signed(path, payload_type, key, fields, optional=(), limit=LICENCE_MAX):
     """A licence or revocation list: a JSON object in a DSSE envelope signed by the creator."""
     try:
-        with open(path, "rb") as f:
-            env = json.load(f)
+        env = strict_json(read_limited(path, limit), limit)
     except Exception:
-        raise Fail(16, path, "missing, unreadable or not JSON")
+        raise Fail(16, path, "missing, unreadable, not JSON, or beyond the JSON limits")
     payload = open_envelope(env, payload_type, key, path, 12, 16)
     try:
-        data = json.loads(payload)
+        data = strict_json(payload, limit)
         need(set(fields) <= set(data) <= set(fields) | set(optional))  # unknown keys: refuse
         return data
     except Exception:
@@ -215,7 +272,8 @@ def read_signed(path, payload_type, key, fields, optional=()):
 
 def load_revocations(path, key, key_id):
     r = read_signed(path, REVOCATIONS, key,
-                    ("revocations_version", "sequence", "issued", "key_id", "revoked"))
+                    ("revocations_version", "sequence", "issued", "key_id", "revoked"),
+                    limit=REVOCATIONS_MAX)
     try:  # apps should also keep the highest `sequence` seen and refuse an older list
         need(r["revocations_version"] == "1.0" and STAMP.fullmatch(r["issued"]))
         need(type(r["sequence"]) is int and r["sequence"] >= 1 and HEX64.fullmatch(r["key_id"]))
@@ -285,12 +343,13 @@ def main(argv=None):
                                  datetime.now(timezone.utc))
             note = f"; licence {lic['licence_id']} for {lic['follower']}"
     except Fail as e:
-        print(f"error {e.code}: {e}", file=sys.stderr)
+        print(printable(f"error {e.code}: {e}"), file=sys.stderr)
         return e.code
     except OSError as e:  # a file became unreadable while hashing
-        print(f"error 2: {e.filename}: {e.strerror}", file=sys.stderr)
+        print(printable(f"error 2: {e.filename}: {e.strerror}"), file=sys.stderr)
         return 2
-    print(f"OK {manifest['bundle_id']} {manifest['version']}: {len(signed)} signed files{note}")
+    print(printable(f"OK {manifest['bundle_id']} {manifest['version']}: {len(signed)} signed "
+                    f"files{note}"))
     return 0
 
 
