@@ -12,12 +12,12 @@ ships), the same context (512) and the same threads, times
   n; file sizes, RAM estimates, gates and the eval.md / eval.png views), in a fresh process:
   start, imports, tokenising and loading count. ``ratio_evaluate``: this over ``llama_tools``
   (issue 18's target: at most 1.5);
-* ``evaluate_accuracy``: the same plus task accuracy on the held-out questions (generation,
+* ``evaluate_accuracy``: the same plus task accuracy on 12 held-out questions (generation,
   which llama.cpp's tools do not do at all), reported beside it;
 * ``edgetune``: the fidelity part alone (``compare_many`` on both texts), for reference.
 
-Each is run ``--repeats`` times in rotating order (A B C D, B C D A, ...); the JSON keeps every
-sample and the medians. On a shared machine another process can double a timing: every timed run
+The first two are run ``--repeats`` times interleaved (A B, B A, ...), the last two once after
+them; the JSON keeps every sample and the medians. On a shared machine another process can double a timing: every timed run
 is done in child processes, and a sample during which the rest of the machine used more than 5% of
 its CPU time is thrown away and taken again (after waiting for the machine to go idle), up to 10
 times. Models: ``real`` is SmolLM2-135M-Instruct (tests/real_model.py: 576-wide rows, so its
@@ -45,7 +45,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 QUANTS = ("Q8_0", "Q5_K_M", "Q4_K_M")
 N_CTX = 512
-METHODS = ("llama_tools", "evaluate", "evaluate_accuracy", "edgetune")
+METHODS = ("llama_tools", "evaluate")  # interleaved, --repeats times each
+ONCE = ("evaluate_accuracy", "edgetune")  # for reference, one sample each after them
+TASK_QUESTIONS = 12  # held-out questions answered in evaluate_accuracy
 
 
 def prepare(model: str, work: Path) -> dict:
@@ -188,7 +190,8 @@ def worker(mode: str, held_out: Path, paths: list[str]) -> None:
         from edgetune.evaluate import evaluate
         from edgetune.profiles import QuantProfile
 
-        rows = split_qa(load_qa(DEMO_DATA).rows).eval if mode == "evaluate_accuracy" else ()
+        rows = (split_qa(load_qa(DEMO_DATA).rows).eval[:TASK_QUESTIONS]
+                if mode == "evaluate_accuracy" else ())
         # Gates are checked but never stop the run: the figures are what is measured.
         profile = QuantProfile(name="eval-cost", description="", quants=QUANTS,
                                context_length=2048, memory_budget_mb=1 << 20, eval_context=N_CTX)
@@ -256,8 +259,10 @@ def main() -> None:
         samples: dict[str, list[float]] = {m: [] for m in METHODS}
         figures: dict[str, dict] = {}
         others: list[float] = []
-        for rep in range(args.repeats):
-            order = METHODS[rep % len(METHODS):] + METHODS[:rep % len(METHODS)]
+        samples.update({m: [] for m in ONCE})
+        rounds = [METHODS[rep % len(METHODS):] + METHODS[:rep % len(METHODS)]
+                  for rep in range(args.repeats)] + [ONCE]
+        for order in rounds:
             for method in order:
                 if method == "llama_tools":
                     wall, commands, other = timed(time_llama_tools, files, texts, threads)
@@ -268,7 +273,7 @@ def main() -> None:
                 others.append(other)
                 print(f"{model} {method:20s} {wall:7.2f} s", flush=True)
         median = {m: statistics.median(s) for m, s in samples.items()}
-        ratio = {m: round(median[m] / median["llama_tools"], 3) for m in METHODS}
+        ratio = {m: round(median[m] / median["llama_tools"], 3) for m in (*METHODS, *ONCE)}
         results["models"][model] = {
             "f16_bytes": files["F16"].stat().st_size,
             "tokens": figures["edgetune"]["tokens"],

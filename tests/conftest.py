@@ -28,9 +28,15 @@ def chat_samples(tokenizer, n: int = 12) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch):
-    """Never touch the user's ~/.edgetune (keys, caches) from a test."""
-    if "EDGETUNE_HOME" not in os.environ or not os.environ["EDGETUNE_HOME"].startswith("/tmp"):
-        monkeypatch.setenv("EDGETUNE_HOME", str(tmp_path_factory.mktemp("home")))
+    """Never touch the user's ~/.edgetune from a test, and never let one test's keys or
+    revocation floors reach another. CI's own EDGETUNE_HOME (under /tmp) lends every test its
+    cache/ (the demo base model, built once)."""
+    home = tmp_path_factory.mktemp("home")
+    shared = os.environ.get("EDGETUNE_HOME")
+    if shared and shared.startswith("/tmp"):
+        (Path(shared) / "cache").mkdir(parents=True, exist_ok=True)
+        (home / "cache").symlink_to(Path(shared) / "cache")
+    monkeypatch.setenv("EDGETUNE_HOME", str(home))
 
 
 @pytest.fixture(scope="session")

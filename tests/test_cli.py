@@ -827,8 +827,8 @@ def test_eval_refuses_bad_input_before_measuring(case: str, eval_inputs: dict, t
                     "Hint: Compare each quant with the F16 GGUF it was quantised from (KL "
                     "divergence compares them token by token)."]
     else:
-        target = "phone"  # chunks of 512 tokens: three questions are too few
-        expected = ["Error: the 3 held-out rows make 522 tokens; measuring KL divergence at the "
+        target = "phone"  # chunks of 512 tokens: three questions (read as chats) are too few
+        expected = ["Error: the 3 held-out rows make 357 tokens; measuring KL divergence at the "
                     "target's eval_context of 512 needs at least 1024",
                     "Hint: add rows (--all-rows uses every row of --data) or choose a target with "
                     "a smaller eval_context"]

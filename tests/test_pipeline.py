@@ -188,19 +188,20 @@ def test_eval_report_holds_fidelity_accuracy_and_gates(demo_build):
 
 
 @pytest.mark.slow
-def test_domain_imatrix_is_used_for_q4_and_measured_against_the_plain_quant(demo_build):
+def test_domain_imatrix_is_used_below_8_bits_and_measured_against_the_plain_quant(demo_build):
     out, _, _ = demo_build
     q = json.loads((out / "eval" / "eval.json").read_text())["quants"]
-    assert q["Q4_K_M"]["imatrix"] is True and q["Q5_K_M"]["imatrix"] is False
+    assert q["Q4_K_M"]["imatrix"] is True and q["Q5_K_M"]["imatrix"] is True
     assert q["Q8_0"]["imatrix"] is False and "without_imatrix" not in q["Q8_0"]
-    plain = q["Q4_K_M"]["without_imatrix"]
-    assert {"kld_mean", "kld_p99", "top1", "ppl_ratio", "delta_p_mean"} <= set(plain)
-    # Calibrated on the creator's own (training) text, the Q4_K_M is closer to F16 on held-out
-    # text. How much depends on the trained demo model: 15.7% lower mean KLD at the commit that
-    # added this test, 0.4% with this machine's llama.cpp build (the same figure at that commit
-    # here), against ~10% llama.cpp reports on LLaMA-3-8B. Lower is what holds everywhere.
-    assert q["Q4_K_M"]["imatrix_kld_reduction"] > 0
-    assert q["Q4_K_M"]["kld_mean"] < plain["kld_mean"]
+    for quant in ("Q4_K_M", "Q5_K_M"):
+        plain = q[quant]["without_imatrix"]
+        assert {"kld_mean", "kld_p99", "top1", "ppl_ratio", "delta_p_mean"} <= set(plain)
+        assert set(plain["texts"]) == {"held_out", "general"}  # both texts, with and without
+        assert q[quant]["imatrix_kld_reduction"] == pytest.approx(
+            1 - q[quant]["kld_mean"] / plain["kld_mean"])
+    # Whether it helps is measured, not assumed: on the 2 M-parameter demo model, calibrated on
+    # its own narrow domain, it does not (Q4_K_M's general-English KLD 0.022 with, 0.007 without);
+    # on a real model it does (tests/test_real_model_eval.py: 40% and 93% lower, Q4_K_M and Q5_K_M).
     assert (out / "quants" / "imatrix.gguf").is_file()
     bundled = {p.name for p in (out / "bundle").iterdir()}
     assert "imatrix.gguf" not in bundled and not any("without" in name for name in bundled)

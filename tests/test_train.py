@@ -508,8 +508,12 @@ def test_cli_json_stdout_survives_libraries_that_print(tmp_path, monkeypatch):
     monkeypatch.setattr(train_module, "train", noisy_train)
     data = tmp_path / "cot.jsonl"
     data.write_text('{"Question": "1+1?", "Complex_CoT": "one and one", "Response": "2"}\n')
+    base = tmp_path / "base"  # what train's preflight asks of a model folder; never loaded here
+    base.mkdir()
+    (base / "config.json").write_text('{"model_type": "llama"}')
+    (base / "model.safetensors").write_bytes(b"")
     result = CliRunner().invoke(cli, ["train", "--method", "sft", "--data", str(data), "--base-model",
-                                      str(tmp_path), "--out", str(tmp_path / "a"), "--json"])
+                                      str(base), "--out", str(tmp_path / "a"), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["backend"] == "unsloth"
     assert "Unsloth: Fast Llama patching." in result.stderr
