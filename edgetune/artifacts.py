@@ -110,6 +110,8 @@ class QuantizedModels(Artifact):
     mix: dict = field(default_factory=dict)
     imatrix: str = ""  # file name of the domain importance matrix ("" when none was used)
     without_imatrix: dict = field(default_factory=dict)  # quant -> the same quant without it
+    # quant -> how a measured mix was made: its --tensor-type-file, the search, the rebuild command
+    recipes: dict = field(default_factory=dict)
 
     def gguf(self, quant: str) -> Path:
         return self.path / self.files[quant]

@@ -52,10 +52,26 @@ def run(b, folder: Path) -> Bundle:
     )
     models = [BundleModel(quant=q, source=quants.gguf(q), architecture=b.made["convert"].architecture,
                           context_length=b.profile.context_length,
-                          ram_needed_bytes=eval_results["quants"][q]["ram_needed_bytes"])
-              for q in quants.files]
+                          ram_needed_bytes=eval_results["quants"][q]["ram_needed_bytes"],
+                          **_recipe(quants, q))
+              for q in quants.files if ships(eval_results, q)]
     return build_bundle(folder, info, models, private_key=b.private_key,
                         passphrase=b.passphrase, overwrite=True)
+
+def ships(eval_results: dict, quant: str) -> bool:
+    """Every quant the profile builds ships, except a measured mix that did not beat Q4_K_M
+    (its evaluation says why; edgetune.mix.judge)."""
+    from edgetune.mix import MIX
+
+    return quant != MIX or bool(eval_results["quants"][quant].get("mix", {}).get("ships"))
+
+
+def _recipe(quants, quant: str) -> dict:
+    recipe = quants.recipes.get(quant)
+    if not recipe:
+        return {}
+    return {"recipe": quants.path / recipe["tensor_types"], "imatrix": quants.path / recipe["imatrix"]}
+
 
 def load_bundle(folder: Path) -> Bundle:
     manifest = json.loads((folder / "edgetune.json").read_text())

@@ -22,6 +22,7 @@ from edgetune.accuracy import paired_drop, task_accuracy
 from edgetune.artifacts import EvalReport, GgufModel, QuantizedModels, atomic_dir, write_json_atomic
 from edgetune.data import QARow
 from edgetune.gates import GateFailure, gate_report
+from edgetune.mix import MIX, judge
 from edgetune.profiles import QuantProfile
 from edgetune.quantise import tensor_mix
 from edgetune.report import write_reports
@@ -105,6 +106,9 @@ def evaluate(f16: GgufModel, quants: QuantizedModels, profile: QuantProfile,
     for quant, verdict in verdicts.items():
         results[quant]["gate"] = verdict.as_dict()
         results[quant]["gate_passed"] = verdict.passed
+    if MIX in results:  # the measured mix ships only where it beats plain Q4_K_M
+        results[MIX]["mix"] = {**judge(results), **quants.recipes.get(MIX, {})}
+        verdicts = {q: v for q, v in verdicts.items() if q != MIX}  # it never stops a build
     report["target"] = profile.name
     report["gates_passed"] = all(v.passed for v in verdicts.values())
     report["accepted_gate_failure"] = bool(accept_gate_failure and not report["gates_passed"])

@@ -31,6 +31,9 @@ QUANT_TYPES = {
     "Q5_K_M": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
     "Q6_K": "LLAMA_FTYPE_MOSTLY_Q6_K",
     "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
+    # Q4_K_M's ftype with a type chosen per tensor by measurement (edgetune.mix): built only
+    # through quantise's mix path, never from this ftype alone.
+    "Q4_K_X": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
 }
 
 
@@ -144,10 +147,11 @@ def log_lines(path: Path | None) -> Iterator[None]:
             log.close()
 
 
-def run_tool(args: Sequence, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_tool(args: Sequence, env: dict[str, str] | None = None,
+             cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run a llama.cpp tool (or its converter) with its output captured as text; inside
     ``log_lines`` the output also goes where llama.cpp's log lines go."""
-    run = subprocess.run([str(a) for a in args], env=env, capture_output=True, text=True)
+    run = subprocess.run([str(a) for a in args], env=env, capture_output=True, text=True, cwd=cwd)
     if _sinks:
         _sinks[-1][0](f"$ {' '.join(str(a) for a in args)}\n{run.stdout}{run.stderr}")
     return run

@@ -63,6 +63,9 @@ DEFAULT_THRESHOLDS: dict[str, QuantThresholds] = {
     "Q6_K": QuantThresholds(max_kld_mean=0.02, min_top1=0.93, max_ppl_ratio=1.02, max_accuracy_drop=0.05),
     "Q5_K_M": QuantThresholds(max_kld_mean=0.05, min_top1=0.90, max_ppl_ratio=1.05, max_accuracy_drop=0.05),
     "Q4_K_M": QuantThresholds(max_kld_mean=0.10, min_top1=0.85, max_ppl_ratio=1.10, max_accuracy_drop=0.05),
+    # The measured mix at Q4_K_M's size (edgetune.mix): held to Q4_K_M's limits, and it ships only
+    # where it beats Q4_K_M.
+    "Q4_K_X": QuantThresholds(max_kld_mean=0.10, min_top1=0.85, max_ppl_ratio=1.10, max_accuracy_drop=0.05),
     "Q4_0": QuantThresholds(max_kld_mean=0.15, min_top1=0.80, max_ppl_ratio=1.15, max_accuracy_drop=0.05),
 }
 assert set(DEFAULT_THRESHOLDS) == set(QUANT_TYPES), "every quant type needs default thresholds"
@@ -71,7 +74,21 @@ assert set(DEFAULT_THRESHOLDS) == set(QUANT_TYPES), "every quant type needs defa
 # below 8 bits: llama.cpp's Mistral-7B figures, PPL increase Q4_K_M 1.08% -> 0.75%. Giving it to
 # the 4-bit quants only inverted verdicts on a real model (SmolLM2-135M: Q5_K_M without it had a
 # higher KLD than Q4_K_M with it). Q8_0 ignores an imatrix.
-DEFAULT_IMATRIX_QUANTS: tuple[str, ...] = ("Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K")
+DEFAULT_IMATRIX_QUANTS: tuple[str, ...] = ("Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K", "Q4_K_X")
+
+# Types the Q4_K_X search may give a tensor (edgetune.mix), each only where its block fits the
+# rows: K-quants on rows that are multiples of 256, the 32-block types elsewhere. All of them have
+# ARM NEON kernels in llama.cpp and decode at about the speed of their size on a phone CPU.
+# Left out by default: the IQ types (their quantisation is 3-8x slower and some decode slower on
+# ARM), Q4_1 (llama.cpp's own table: +0.45 PPL at 4.78 GB against Q5_0's +0.13 at 5.21 GB on
+# Llama-3-8B) and Q5_1 (+8% size over Q5_0 for a fifth less PPL loss). Our only real test model
+# has a further reason: its weights come from a Q4_1 file, and Q4_1/Q5_1 find that grid again
+# (relative error 1e-6, i.e. lossless), which would flatter any mix that uses them. A profile may
+# list them (and the IQ types) in mix_types.
+DEFAULT_MIX_TYPES: tuple[str, ...] = ("Q4_0", "Q5_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
+# Q4_K_X's size budget: "Q4_K_M" (no larger than plain Q4_K_M of the same model), "ram" (the
+# largest file whose RAM at the profile's context fits memory_budget_mb) or a size: "1.2GB".
+DEFAULT_MIX_BUDGET = "Q4_K_M"
 
 # Decode speed of a quant over F16's, measured in the same run. On CPU decode reads every weight
 # once per token, so a quant, with fewer bytes to read, decodes at least as fast as F16. Best of
@@ -99,6 +116,8 @@ class QuantProfile:
     ``min_decode_ratio`` is a floor on each quant's decode tokens/s over F16's, both measured in
     the same run, so the build machine's own speed cancels out (``DEFAULT_MIN_DECODE_RATIO``;
     ``None``: no ratio check). Neither check fails a quant measured while the machine was busy.
+    ``mix_types`` and ``mix_budget`` shape the Q4_K_X search (``edgetune.mix``) when ``quants``
+    lists it: the tensor types it may use and its size budget (see ``parse_size_budget``).
     ``thresholds`` holds the quality limits of every quant type, the defaults above with the
     profile's overrides merged in field by field.
     """
@@ -113,6 +132,8 @@ class QuantProfile:
     imatrix_quants: tuple[str, ...] = DEFAULT_IMATRIX_QUANTS
     min_decode_tps: float | None = None
     min_decode_ratio: float | None = DEFAULT_MIN_DECODE_RATIO
+    mix_types: tuple[str, ...] = DEFAULT_MIX_TYPES
+    mix_budget: str = DEFAULT_MIX_BUDGET
     thresholds: dict[str, QuantThresholds] = field(
         default_factory=lambda: dict(DEFAULT_THRESHOLDS), hash=False)
 
@@ -227,10 +248,46 @@ def parse_profile(data: dict, where: str) -> QuantProfile:
             problem("min_decode_ratio", f"must be a positive number or null, got {value!r}")
         else:
             values["min_decode_ratio"] = None if value is None else float(value)
+    if "mix_types" in data:
+        value = data["mix_types"]
+        from edgetune.mix import BLOCK
+
+        if not isinstance(value, list) or not value or \
+                any(not isinstance(t, str) or t not in BLOCK for t in value):
+            problem("mix_types", f"must be a non-empty list of tensor types from "
+                                 f"{', '.join(BLOCK)}, got {value!r}")
+        else:
+            values["mix_types"] = tuple(value)
+    if "mix_budget" in data:
+        try:
+            parse_size_budget(str(data["mix_budget"]))
+            values["mix_budget"] = str(data["mix_budget"])
+        except ConfigError as exc:
+            problem("mix_budget", exc.message)
     if "thresholds" in data:
         values["thresholds"] = _thresholds(data["thresholds"], problem)
     _raise(problems)
     return QuantProfile(**values)
+
+
+def parse_size_budget(text: str) -> str | int:
+    """``"Q4_K_M"`` or ``"ram"`` as they are, a size (``1.2GB``, ``800MB``, ``900MiB``, bytes)
+    as a byte count."""
+    import re
+
+    spelled = text.strip()
+    if spelled.upper() == "Q4_K_M":
+        return "Q4_K_M"
+    if spelled.lower() == "ram":
+        return "ram"
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20,
+             "GIB": 2**30}
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMG]I?B|B)?", spelled, flags=re.IGNORECASE)
+    if not match or float(match[1]) <= 0:
+        raise ConfigError(f"size budget '{text}' is not a size",
+                          hint="use Q4_K_M (its size), ram (the profile's RAM budget) or a "
+                               "size such as 1.2GB or 800MB")
+    return int(float(match[1]) * units[(match[2] or "").upper()])
 
 
 def _quant_list(value: Any, path: str, problem, *, allow_empty: bool) -> tuple[str, ...] | None:

@@ -12,11 +12,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from edgetune import keys, personas, report, signing
+from edgetune import keys, llamacpp, personas, report, signing
 from edgetune.artifacts import Bundle, atomic_dir, write_bytes_atomic, write_json_atomic
 from edgetune.bundle.card import eval_quants, main_artifact, model_card, readable_results
 from edgetune.bundle.files import (EVAL_CHART_FILE, EVAL_FILE, EVAL_TABLE_FILE, MANIFEST_FILE,
-                                   README_FILE, REPORT_FILE, REWARD_CHART_FILE, BundleInfo,
+                                   README_FILE, RECIPES_DIR, REPORT_FILE, REWARD_CHART_FILE, BundleInfo,
                                    BundleModel, gguf_file_name, is_gguf)
 from edgetune.bundle.verify import (SCHEMA_VERSION, manifest_schema_error, path_escapes,
                                     read_manifest, verify_bundle)
@@ -75,9 +75,25 @@ def _eval_summary(eval_results: dict) -> dict:
 
 
 def _artifact(model: BundleModel, path: str, sha256: str, size: int) -> dict:
-    return {"path": path, "role": "model", "sha256": sha256, "size": size, "quant": model.quant,
-            "architecture": model.architecture, "context_length": model.context_length,
-            "ram_needed_bytes": model.ram_needed_bytes}
+    art = {"path": path, "role": "model", "sha256": sha256, "size": size, "quant": model.quant,
+           "architecture": model.architecture, "context_length": model.context_length,
+           "ram_needed_bytes": model.ram_needed_bytes}
+    if model.recipe is not None:  # only on a measured mix, so other manifests stay as they were
+        art["recipe"] = _recipe_entry(path)
+    return art
+
+
+def _recipe_entry(model_path: str) -> dict:
+    """Where a mix's recipe and imatrix sit in the bundle (``edgetune.mix.imatrix_name``: a GGUF
+    by content, not by name), and the command that rebuilds it from the F16 GGUF."""
+    from edgetune import mix
+
+    recipe, imatrix = mix.recipe_name(), mix.imatrix_name()
+    return {"tensor_types": f"{RECIPES_DIR}/{recipe}", "imatrix": f"{RECIPES_DIR}/{imatrix}",
+            "base_ftype": mix.BASE_FTYPE,
+            "llama_cpp": f"llama-cpp-python {llamacpp.LLAMA_CPP_PYTHON_VERSION}",
+            "command": f"cd {RECIPES_DIR} && " + mix.rebuild_command(
+                "../MODEL-F16.gguf", imatrix, recipe, f"../{model_path}")}
 
 
 # Which app reads which persona file (manifest persona.files; SPEC.md "Personas").
@@ -151,11 +167,17 @@ def build_bundle(out: Path, info: BundleInfo, models: Sequence[BundleModel], *,
     readable = readable_results(eval_results)  # eval.md, eval.png, the card
     with atomic_dir(out, overwrite=overwrite) as tmp:
         os.chmod(tmp, 0o755)
-        artifacts = []
+        artifacts, recipe_files = [], []
         for m, name in zip(models, names):
             say(f"copying {m.quant}: {m.source} -> {name}")
             sha, size = _copy_hashed(Path(m.source), tmp / name)
             artifacts.append(_artifact(m, name, sha, size))
+            if m.recipe is not None:
+                entry = artifacts[-1]["recipe"]
+                (tmp / RECIPES_DIR).mkdir(mode=0o755, exist_ok=True)
+                _copy_hashed(Path(m.recipe), tmp / entry["tensor_types"])
+                _copy_hashed(Path(m.imatrix), tmp / entry["imatrix"])
+                recipe_files += [entry["tensor_types"], entry["imatrix"]]
         say("writing persona files, eval.json, eval.md, eval.png, reward.png, README.md, "
             "edgetune.json and report.html")
         for rel, content in persona_files.items():
@@ -178,7 +200,7 @@ def build_bundle(out: Path, info: BundleInfo, models: Sequence[BundleModel], *,
         files = sorted([*files, (REPORT_FILE, None), (signing.SIGNATURE_FILE, None)])
         (tmp / REPORT_FILE).write_text(
             report.html_report(manifest, readable, info.training_log, files), encoding="utf-8")
-        for name in [*names, *persona_files, EVAL_FILE, EVAL_TABLE_FILE, EVAL_CHART_FILE,
+        for name in [*names, *recipe_files, *persona_files, EVAL_FILE, EVAL_TABLE_FILE, EVAL_CHART_FILE,
                      REWARD_CHART_FILE, README_FILE, MANIFEST_FILE, REPORT_FILE]:
             os.chmod(tmp / name, 0o644)
         say("signing")

@@ -94,6 +94,27 @@ def _use_it(manifest: dict, main: dict) -> list[str]:
     return out
 
 
+def _mix_sentence(artifacts: Sequence[dict], quants: dict) -> str:
+    """One sentence, with the numbers, for a measured mix in the bundle (edgetune.mix)."""
+    art = next((a for a in artifacts if a.get("recipe")), None)
+    if art is None:
+        return ""
+    metrics = quants.get(art["quant"], {})
+    verdict, recipe = metrics.get("mix") or {}, art["recipe"]
+    ref = quants.get(verdict.get("reference", ""), {})
+    if not ref or "kld_change" not in verdict:
+        gained = "its types were chosen per tensor for this model"
+    else:
+        gained = (f"its types were chosen per tensor for this model on the creator's calibration "
+                  f"rows (never the held-out ones): mean KLD {metrics['kld_mean']:.4f} against "
+                  f"{verdict['reference']}'s {ref['kld_mean']:.4f} ({-verdict['kld_change']:.0%} "
+                  f"lower) at {verdict['size_change']:+.1%} size, top-1 agreement "
+                  f"{metrics['top1']:.1%} against {ref['top1']:.1%}")
+    return (f"\n\n`{_cell(art['path'])}`: {gained}. `{_cell(recipe['tensor_types'])}` and "
+            f"`{_cell(recipe['imatrix'])}` rebuild it bit for bit from the F16 GGUF: "
+            f"`{_cell(recipe['command'])}`.")
+
+
 def model_card(manifest: dict, eval_results: dict, *, report_page: bool = True) -> str:
     """``README.md`` from the manifest and the readable eval results (:func:`readable_results`),
     so a bundle's card can be written again after its manifest changes
@@ -133,7 +154,8 @@ def model_card(manifest: dict, eval_results: dict, *, report_page: bool = True) 
         f"{tr.get('steps', '?')} steps on {tr.get('dataset_rows', '?')} question/answer rows). "
         f"It runs offline in llama.cpp-based apps. Greeting: "
         f"{_cell(manifest['persona']['greeting'])}",
-        "## Files", "| File | Quant | Size | RAM needed |\n|---|---|---|---|\n" + files,
+        "## Files", "| File | Quant | Size | RAM needed |\n|---|---|---|---|\n" + files
+        + _mix_sentence(artifacts, eval_quants(eval_results)),
         "## Evaluation", evaluation,
         "## Use it", *_use_it(manifest, main),
         *verify,

@@ -27,6 +27,13 @@ class BundleModel:
     architecture: str
     context_length: int
     ram_needed_bytes: int
+    # A measured mix (edgetune.mix): its --tensor-type-file and the imatrix it was built with,
+    # shipped under recipes/ so anyone can rebuild the file bit for bit from the F16 GGUF.
+    recipe: Path | None = None
+    imatrix: Path | None = None
+
+
+RECIPES_DIR = "recipes"
 
 
 @dataclass(frozen=True)

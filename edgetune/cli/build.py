@@ -55,6 +55,20 @@ _BUILD_SETTINGS = {"targets": "targets", "data": "data.path",
                    **{k: f"train.{k}" for k in TRAIN_FIELDS if k != "answer_format"}}
 
 
+def with_size_budget(profile, size_budget: str | None):
+    """The profile with ``--size-budget`` applied (and Q4_K_X added to its quants)."""
+    import dataclasses
+
+    from edgetune.mix import MIX
+    from edgetune.profiles import parse_size_budget
+
+    if size_budget is None:
+        return profile
+    parse_size_budget(size_budget)  # a ConfigError that says what a size looks like
+    quants = profile.quants if MIX in profile.quants else (*profile.quants, MIX)
+    return dataclasses.replace(profile, quants=quants, mix_budget=size_budget)
+
+
 def _build_overrides(ctx: click.Context) -> dict:
     """The options given on the command line, as project-file settings (they win over the file)."""
     from click.core import ParameterSource
@@ -123,12 +137,17 @@ def _build_overrides(ctx: click.Context) -> dict:
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
 @click.option("--accept-gate-failure", is_flag=True,
               help="Ship even if a quant fails the target's quality gates (recorded in the manifest).")
+@click.option("--size-budget", default=None, metavar="SIZE",
+              help="Size budget of Q4_K_X, the quant whose type per tensor edgetune chooses for "
+                   "this model: Q4_K_M (no larger than plain Q4_K_M: the profiles' default), "
+                   "ram (the largest that fits the target's RAM budget) or a size such as 1.2GB. "
+                   "Adds Q4_K_X to the target's quants if it lacks it.")
 @json_option()
 @click.option("--verbose", is_flag=True,
               help="Also show llama.cpp's own log lines (conversion, quantisation, evaluation).")
 def build(config, targets, data, question_field, answer_field, base_model, base_model_id,
           base_model_license, name, creator, warm_start, system_prompt_file, sft_data, sft_steps, out, from_stage, to_stage, private_key,
-          overwrite, accept_gate_failure, as_json, verbose, **training) -> None:
+          overwrite, accept_gate_failure, size_budget, as_json, verbose, **training) -> None:
     """Run the whole pipeline: train, merge, convert, quantise, evaluate, bundle and sign.
 
     \b
@@ -159,7 +178,7 @@ def build(config, targets, data, question_field, answer_field, base_model, base_
                       "project file)")
     overrides = _build_overrides(click.get_current_context())
     resolved = resolve_project(config, overrides)
-    profiles = [load_profile(t) for t in resolved.targets]
+    profiles = [with_size_budget(load_profile(t), size_budget) for t in resolved.targets]
     project = resolved.project
     # Asked now, not when the bundle is signed after an hour of training.
     signs = to_stage in (None, STAGES[-1])
