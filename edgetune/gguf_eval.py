@@ -72,7 +72,9 @@ def read_gguf(path: Path) -> GgufFile:
     digest = hashlib.sha256()
     for token in tokens:
         digest.update(len(token).to_bytes(4, "little") + token)
-    return GgufFile(path=path, quant=_quant_name(file_type, path), architecture=architecture,
+    # A measured mix names itself (edgetune.mix.QUANT_KEY); its file type is Q4_K_M's.
+    quant = gguf_field(reader, "edgetune.quant") or _quant_name(file_type, path)
+    return GgufFile(path=path, quant=quant, architecture=architecture,
                     vocab_sha256=digest.hexdigest(), chat_template=template,
                     special_tokens=special)
 

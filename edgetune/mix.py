@@ -46,10 +46,14 @@ MIX = "Q4_K_X"
 BASE_FTYPE = "Q4_K_M"  # the type passed to llama-quantize; the recipe names every matrix anyway
 RECIPE_SUFFIX = ".tensor-types.txt"
 PROBE_REST = "Q8_0"  # what every other tensor gets while one kind is probed
-PROBE_CHUNKS = 4  # calibration chunks the probes are compared on (n_ctx tokens each)
+PROBE_CHUNKS = 2  # calibration chunks the probes are compared on (n_ctx tokens each)
 # Block size (elements per row a type needs) of the types a mix may use.
 BLOCK = {"Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32, "Q8_0": 32, "IQ4_NL": 32,
          "Q3_K": 256, "Q4_K": 256, "Q5_K": 256, "Q6_K": 256, "IQ4_XS": 256}
+# The mix's general.file_type is Q4_K_M's (llama.cpp has no type for a mix): this key names it,
+# so `edgetune eval` on the files tells it from plain Q4_K_M.
+QUANT_KEY = "edgetune.quant"
+_NAME_IT = ("--override-kv", f"{QUANT_KEY}=str:{MIX}")
 _ROWS_PER_SLICE = 4096  # rows dequantised at once: bounds memory on a 150k-vocabulary embedding
 
 
@@ -292,7 +296,7 @@ def rebuild_command(f16: str, imatrix_name: str, recipe: str, out: str) -> str:
     """The llama-quantize command that rebuilds the mix bit for bit, run in the folder that
     holds the imatrix (named bare: llama-quantize writes that argument into the file)."""
     return (f"llama-quantize --imatrix {imatrix_name} --tensor-type-file {recipe} "
-            f"{f16} {out} {BASE_FTYPE}")
+            f"{' '.join(_NAME_IT)} {f16} {out} {BASE_FTYPE}")
 
 
 def imatrix_name(quant: str = MIX) -> str:
@@ -317,7 +321,7 @@ def quantise_recipe(f16: Path, out: Path, recipe: Mapping[str, str] | Path, imat
         # run beside the imatrix and name it bare, so a rebuild from the bundle's recipes/
         # folder writes the same bytes.
         run = llamacpp.run_tool([binary, "--imatrix", imatrix.name, "--tensor-type-file",
-                                 Path(recipe_file).resolve(), Path(f16).resolve(),
+                                 Path(recipe_file).resolve(), *_NAME_IT, Path(f16).resolve(),
                                  Path(out).resolve(), BASE_FTYPE], env=env, cwd=imatrix.parent)
     finally:
         if recipe_file != recipe:

@@ -118,6 +118,9 @@ def test_predicted_size_is_the_real_size_and_the_recipe_rebuilds_byte_for_byte(s
     first = tmp_path / "first.gguf"
     mix.quantise_recipe(f16, first, recipe, imatrix)
     assert first.stat().st_size == found.size_bytes()
+    from edgetune.gguf_eval import read_gguf
+
+    assert read_gguf(first).quant == mix.MIX  # named in the file: its file_type is Q4_K_M's
     elsewhere = tmp_path / "elsewhere"  # another folder, as a reader of the bundle has
     elsewhere.mkdir()
     for src, name in ((f16, f16.name), (imatrix, imatrix.name), (recipe, recipe.name)):
@@ -150,3 +153,33 @@ def test_rows_that_are_not_multiples_of_256_get_only_types_that_fit():
     assert mix.allowed(narrow, mix_types()) == ["Q4_0", "Q5_0", "Q8_0"]
     assert mix.allowed(wide, mix_types()) == list(mix_types())
     assert mix.allowed(narrow, ("Q4_K", "Q6_K")) == []
+
+
+def test_the_bundles_recipe_rebuilds_the_shipped_gguf_byte_for_byte(demo_build, tmp_path):
+    """The demo build's bundle (phone target) ships Q4_K_X (it beats Q4_K_M on the demo) with
+    its recipe; the manifest's command, run as written on a copy of the bundle with the build's
+    F16 GGUF, gives the shipped file's sha256."""
+    import json
+    import shutil
+    import subprocess
+
+    out, _pub, _result = demo_build
+    bundle = tmp_path / "bundle"
+    shutil.copytree(out / "bundle", bundle)
+    manifest = json.loads((bundle / "edgetune.json").read_text())
+    verdict = json.loads((bundle / "eval.json").read_text())["quants"][mix.MIX]["mix"]
+    assert verdict["ships"], verdict["why"]
+    art = next(a for a in manifest["artifacts"] if a["quant"] == mix.MIX)
+    recipe = art["recipe"]
+    assert (bundle / recipe["tensor_types"]).is_file() and (bundle / recipe["imatrix"]).is_file()
+    (bundle / art["path"]).unlink()  # rebuilt from nothing but the recipe, the imatrix and F16
+    (bundle / "MODEL-F16.gguf").symlink_to(next((out / "gguf").glob("*-F16.gguf")))
+    binary, env = llamacpp.tool("llama-quantize")
+    folder, _, command = recipe["command"].partition(" && ")
+    assert folder == "cd recipes" and command.startswith("llama-quantize ")
+    run = subprocess.run([str(binary), *shlex.split(command)[1:]], cwd=bundle / "recipes",
+                         env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-500:]
+    assert hashlib.sha256((bundle / art["path"]).read_bytes()).hexdigest() == art["sha256"]
+    readme = (bundle / "README.md").read_text()
+    assert f"{-verdict['kld_change']:.0%} lower" in readme  # the card's one sentence

@@ -123,6 +123,8 @@ def size_notes(report: dict) -> list[str]:
             notes.append(f"{quant}: {int(m['k_quant_fallbacks'])} of {int(m.get('matrices') or 0)} "
                          f"weight matrices fell back from {quant}'s K-quant types to legacy types "
                          f"(rows not a multiple of 256){bpw}.")
+    notes += mix_notes(report)
+    rows = [(q, m) for q, m in rows if q != MIX]  # the mix is Q4_K_M's size by design
     for (bigger, b), (smaller, m) in zip(rows, rows[1:]):  # largest first
         if has_number(b, "size_bytes") and has_number(m, "size_bytes") and b["size_bytes"] > 0:
             saved = 1 - m["size_bytes"] / b["size_bytes"]
@@ -130,6 +132,24 @@ def size_notes(report: dict) -> list[str]:
                 notes.append(f"{smaller} adds nothing: it is only {saved:.1%} smaller than "
                              f"{bigger}.")
     return notes
+
+
+MIX = "Q4_K_X"  # edgetune.mix.MIX (report stays free of the quantiser's imports)
+
+
+def mix_notes(report: dict) -> list[str]:
+    """One sentence on the measured mix beside the quant it was measured against."""
+    m = (report.get("quants") or {}).get(MIX)
+    verdict = (m or {}).get("mix") or {}
+    if not m or "kld_change" not in verdict:
+        return []
+    sentence = (f"{MIX} (a type per tensor chosen for this model): {verdict['kld_change']:+.0%} "
+                f"mean KLD against {verdict['reference']} at {verdict['size_change']:+.1%} size, "
+                f"top-1 {100 * verdict['top1_change']:+.1f} points")
+    if is_number(verdict.get("decode_ratio")):
+        sentence += f", decode {verdict['decode_ratio']:.2f}x"
+    shipped = "ships" if verdict.get("ships") else f"not shipped: {verdict.get('why', '')}"
+    return [f"{sentence}; {shipped}."]
 
 
 def _summary(report: dict) -> str:
