@@ -52,7 +52,7 @@ def run_model(model: str, work: Path) -> dict:
     from edgetune.imatrix import compute_imatrix, quantise_with_imatrix
     from edgetune.mix import MIX
     from edgetune.profiles import load_profile
-    from edgetune.quantise import build_mix, quantise_file, tensor_mix
+    from edgetune.quantise import build_mix, tensor_mix
 
     folder = model_folder(model, work)
     out = work / model

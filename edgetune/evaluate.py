@@ -14,16 +14,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from edgetune.llamacpp import gguf_field
 from edgetune.accuracy import paired_drop, task_accuracy
 from edgetune.artifacts import EvalReport, GgufModel, QuantizedModels, atomic_dir, write_json_atomic
 from edgetune.data import QARow
 from edgetune.gates import GateFailure, gate_report
-from edgetune.mix import MIX, judge
+from edgetune.mix import MIX
 from edgetune.profiles import QuantProfile
+from edgetune.ram import ram_needed
 from edgetune.quantise import tensor_mix
 from edgetune.report import write_reports
 from edgetune.speed import speed
@@ -217,18 +217,35 @@ def _fill_reference(results: dict[str, dict]) -> None:
                    tokens=compared[0]["tokens"], chunks=compared[0]["chunks"])
 
 
-def ram_needed(path: Path, context_length: int) -> int:
-    """PocketPal's estimate: (file + KV cache + compute buffer) x 1.1 (ANCHORS.md 3)."""
-    import gguf
-
-    reader = gguf.GGUFReader(str(path))
-    arch = gguf_field(reader, "general.architecture")
-    layers = int(gguf_field(reader, f"{arch}.block_count"))
-    embd = int(gguf_field(reader, f"{arch}.embedding_length"))
-    heads = int(gguf_field(reader, f"{arch}.attention.head_count"))
-    kv_heads = int(gguf_field(reader, f"{arch}.attention.head_count_kv") or heads)
-    head_dim = int(gguf_field(reader, f"{arch}.attention.key_length") or embd // heads)
-    vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
-    kv = 2 * layers * context_length * head_dim * kv_heads * 2
-    buffer = (vocab + embd) * 512 * 4
-    return int((path.stat().st_size + kv + buffer) * 1.1)
+def judge(results: Mapping[str, dict], *, reference: str = "Q4_K_M",
+          max_slowdown: float = 0.10) -> dict:
+    """Does the mix earn its place in the bundle beside (or instead of) ``reference``? It must
+    pass its gates, have a lower KLD and no lower top-1 on the gated (worse-of-two-texts)
+    figures, and decode at least ``1 - max_slowdown`` as fast (not judged when either speed was
+    measured on a busy machine)."""
+    mix, ref = results.get(MIX), results.get(reference)
+    if mix is None or ref is None:
+        return {"ships": mix is not None and bool(mix.get("gate_passed")),
+                "why": f"no {reference} built to compare with" if mix else f"no {MIX} built"}
+    out = {"reference": reference,
+           "size_change": mix["size_bytes"] / ref["size_bytes"] - 1,
+           "kld_change": (mix["kld_mean"] / ref["kld_mean"] - 1) if ref["kld_mean"] else 0.0,
+           "top1_change": mix["top1"] - ref["top1"]}
+    speeds = (mix.get("decode_tps"), ref.get("decode_tps"))
+    busy = mix.get("machine_busy") or ref.get("machine_busy")
+    if all(speeds) and not busy:
+        out["decode_ratio"] = speeds[0] / speeds[1]
+    reasons = []
+    if not mix.get("gate_passed"):
+        reasons.append("it fails its gates")
+    if out["kld_change"] >= 0:
+        reasons.append(f"its KLD is not lower than {reference}'s")
+    if out["top1_change"] < 0:
+        reasons.append(f"its top-1 agreement is lower than {reference}'s")
+    if out.get("decode_ratio", 1.0) < 1 - max_slowdown:
+        reasons.append(f"it decodes {1 - out['decode_ratio']:.0%} slower than {reference}")
+    out["ships"] = not reasons
+    out["why"] = "; ".join(reasons) if reasons else (
+        f"{-out['kld_change']:.0%} lower KLD than {reference} at "
+        f"{out['size_change']:+.1%} size")
+    return out

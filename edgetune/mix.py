@@ -332,40 +332,6 @@ def quantise_recipe(f16: Path, out: Path, recipe: Mapping[str, str] | Path, imat
                              hint="check free disk space and that the F16 GGUF loads")
 
 
-def judge(results: Mapping[str, dict], *, reference: str = "Q4_K_M",
-          max_slowdown: float = 0.10) -> dict:
-    """Does the mix earn its place in the bundle beside (or instead of) ``reference``? It must
-    pass its gates, have a lower KLD and no lower top-1 on the gated (worse-of-two-texts)
-    figures, and decode at least ``1 - max_slowdown`` as fast (not judged when either speed was
-    measured on a busy machine)."""
-    mix, ref = results.get(MIX), results.get(reference)
-    if mix is None or ref is None:
-        return {"ships": mix is not None and bool(mix.get("gate_passed")),
-                "why": f"no {reference} built to compare with" if mix else f"no {MIX} built"}
-    out = {"reference": reference,
-           "size_change": mix["size_bytes"] / ref["size_bytes"] - 1,
-           "kld_change": (mix["kld_mean"] / ref["kld_mean"] - 1) if ref["kld_mean"] else 0.0,
-           "top1_change": mix["top1"] - ref["top1"]}
-    speeds = (mix.get("decode_tps"), ref.get("decode_tps"))
-    busy = mix.get("machine_busy") or ref.get("machine_busy")
-    if all(speeds) and not busy:
-        out["decode_ratio"] = speeds[0] / speeds[1]
-    reasons = []
-    if not mix.get("gate_passed"):
-        reasons.append("it fails its gates")
-    if out["kld_change"] >= 0:
-        reasons.append(f"its KLD is not lower than {reference}'s")
-    if out["top1_change"] < 0:
-        reasons.append(f"its top-1 agreement is lower than {reference}'s")
-    if out.get("decode_ratio", 1.0) < 1 - max_slowdown:
-        reasons.append(f"it decodes {1 - out['decode_ratio']:.0%} slower than {reference}")
-    out["ships"] = not reasons
-    out["why"] = "; ".join(reasons) if reasons else (
-        f"{-out['kld_change']:.0%} lower KLD than {reference} at "
-        f"{out['size_change']:+.1%} size")
-    return out
-
-
 def save_search(found: Search, path: Path) -> None:
     path.write_text(json.dumps(found.summary(), indent=2, sort_keys=True) + "\n")
 

@@ -107,7 +107,7 @@ def mix_budget_bytes(f16: Path, imatrix: Path, profile: QuantProfile, reference:
     """The mix's size budget in bytes: plain Q4_K_M's file size (built here when the profile
     does not build it), the profile's RAM budget less what the context needs besides the
     weights, or a size given as such."""
-    from edgetune.evaluate import ram_needed
+    from edgetune.ram import RAM_MARGIN, ram_needed
     from edgetune.imatrix import quantise_with_imatrix
     from edgetune.profiles import parse_size_budget
 
@@ -121,8 +121,9 @@ def mix_budget_bytes(f16: Path, imatrix: Path, profile: QuantProfile, reference:
         size = reference.stat().st_size
         if budget == "Q4_K_M":
             return size
-        # ram: what the file may weigh so weights + KV cache + buffers fit the device's budget
-        return profile.memory_budget_bytes - (ram_needed(reference, profile.context_length) - size)
+        # ram: the largest file whose (file + KV cache + buffers) x margin fits the budget
+        return int((profile.memory_budget_bytes - ram_needed(reference, profile.context_length))
+                   / RAM_MARGIN) + size
     finally:
         if reference.name.startswith("mix-reference-"):
             reference.unlink(missing_ok=True)

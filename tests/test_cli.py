@@ -592,8 +592,8 @@ def test_targets():
     by_name = {line.split()[0]: line for line in lines}
     assert list(by_name) == ["desktop", "phone", "phone-4gb", "phone-6gb", "phone-8gb", "tablet"]
     desktop, phone = by_name["desktop"], by_name["phone"]
-    assert "Q4_K_M, Q4_0" in by_name["phone-4gb"] and "budget  2,288 MiB" in by_name["phone-4gb"]
-    assert "Q4_K_M, Q5_K_M, Q8_0" in phone
+    assert "Q4_K_M, Q4_K_X, Q4_0" in by_name["phone-4gb"] and "budget  2,288 MiB" in by_name["phone-4gb"]
+    assert "Q4_K_M, Q4_K_X, Q5_K_M, Q8_0" in phone
     assert "ctx 2048" in phone
     assert "Mid-range phone (6 GB RAM)" in phone
     assert "ctx 8192" in desktop

@@ -19,11 +19,14 @@ def test_demo_build_produces_a_verified_bundle(demo_build):
     out, public_key, result = demo_build
     bundle = out / "bundle"
     names = sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file())
+    # Q4_K_X ships on the demo (it beats Q4_K_M: tests/test_mix.py), with its recipe.
     assert names == ["Modelfile", "README.md", "edgetune-demo-Q4_K_M.gguf",
+                     "edgetune-demo-Q4_K_X.gguf",
                      "edgetune-demo-Q5_K_M.gguf", "edgetune-demo-Q8_0.gguf", "edgetune.json",
                      "eval.json", "eval.md", "eval.png", "model.sig", "params",
                      "personas/character-card-v2.json", "personas/llmfarm-chat.json",
-                     "personas/pocketpal-pal.json", "report.html", "reward.png", "system",
+                     "personas/pocketpal-pal.json", "recipes/Q4_K_X.imatrix",
+                     "recipes/Q4_K_X.tensor-types.txt", "report.html", "reward.png", "system",
                      "template"]
     # The persona's system prompt is the one GRPO trained with, in every app's file.
     from edgetune.demo import SYSTEM_PROMPT
@@ -31,15 +34,15 @@ def test_demo_build_produces_a_verified_bundle(demo_build):
     assert (bundle / "system").read_text() == SYSTEM_PROMPT
     assert SYSTEM_PROMPT in (bundle / "Modelfile").read_text()
     manifest = json.loads((bundle / "edgetune.json").read_text())
-    assert {a["quant"] for a in manifest["artifacts"]} == {"Q4_K_M", "Q5_K_M", "Q8_0"}
+    assert {a["quant"] for a in manifest["artifacts"]} == {"Q4_K_M", "Q4_K_X", "Q5_K_M", "Q8_0"}
     assert manifest["training"]["method"] == "grpo" and manifest["training"]["steps"] == 6
     assert "<reasoning>" in manifest["persona"]["system_prompt"]
     report = json.loads((bundle / "eval.json").read_text())
-    assert set(report["quants"]) == {"F16", "Q4_K_M", "Q5_K_M", "Q8_0"}
+    assert set(report["quants"]) == {"F16", "Q4_K_M", "Q4_K_X", "Q5_K_M", "Q8_0"}
     for metrics in report["quants"].values():
         assert metrics["ppl"] > 1 and metrics["decode_tps"] > 0 and metrics["prefill_tps"] > 0
     assert report["quants"]["Q8_0"]["ppl_ratio"] == pytest.approx(1.0, abs=0.01)
-    assert verify_bundle(bundle, public_key).files == 17  # 3 GGUFs, 7 docs, 7 persona files
+    assert verify_bundle(bundle, public_key).files == 20  # 4 GGUFs, 2 recipe files, 7 docs, 7 personas
     # The report page, in the bundle (signed) and beside it in out/, where it is seen first.
     assert (out / "report.html").read_bytes() == (bundle / "report.html").read_bytes()
     assert "<h2>Training</h2>" in (out / "report.html").read_text()

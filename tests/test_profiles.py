@@ -23,10 +23,10 @@ SHIPPED = sorted(PROFILES_DIR.glob("*.yaml"))
 # name: (quants, context, budget MiB, RAM GB, decode floor)
 EXPECTED = {
     "desktop": (("Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0"), 8192, 9155, 16.0, 10.0),
-    "phone": (("Q4_K_M", "Q5_K_M", "Q8_0"), 2048, 3433, 6.0, 20.0),
-    "phone-4gb": (("Q4_K_M", "Q4_0"), 2048, 2288, 4.0, 30.0),
-    "phone-6gb": (("Q4_K_M", "Q5_K_M", "Q8_0"), 2048, 3433, 6.0, 20.0),
-    "phone-8gb": (("Q4_K_M", "Q5_K_M", "Q8_0"), 4096, 4577, 8.0, 12.0),
+    "phone": (("Q4_K_M", "Q4_K_X", "Q5_K_M", "Q8_0"), 2048, 3433, 6.0, 20.0),
+    "phone-4gb": (("Q4_K_M", "Q4_K_X", "Q4_0"), 2048, 2288, 4.0, 30.0),
+    "phone-6gb": (("Q4_K_M", "Q4_K_X", "Q5_K_M", "Q8_0"), 2048, 3433, 6.0, 20.0),
+    "phone-8gb": (("Q4_K_M", "Q4_K_X", "Q5_K_M", "Q8_0"), 4096, 4577, 8.0, 12.0),
     "tablet": (("Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0"), 4096, 4577, 8.0, 10.0),
 }
 
@@ -75,7 +75,9 @@ def test_phone_is_the_6gb_phone():
     phone, phone_6gb = load_profile("phone"), load_profile("phone-6gb")
     assert dataclasses.replace(phone, name="phone-6gb") == phone_6gb
     # What the README's `edgetune build --target phone` (and the pipeline tests) rely on.
-    assert phone.quants == ("Q4_K_M", "Q5_K_M", "Q8_0")
+    assert phone.quants == ("Q4_K_M", "Q4_K_X", "Q5_K_M", "Q8_0")
+    assert phone.mix_types == ("Q4_0", "Q5_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
+    assert phone.mix_budget == "Q4_K_M"
     assert phone.context_length == 2048 and phone.eval_context == 512
 
 
@@ -124,7 +126,7 @@ def test_targets_command_lists_every_profile():
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert [line.split()[0] for line in lines] == available_profiles()
-    assert lines[2] == ("phone-4gb  Q4_K_M, Q4_0                ctx 2048  budget  2,288 MiB  "
+    assert lines[2] == ("phone-4gb  Q4_K_M, Q4_K_X, Q4_0        ctx 2048  budget  2,288 MiB  "
                         "floor 30 tok/s   Entry-level phone (4 GB RAM) running llama.cpp-based "
                         "apps on the CPU")
     assert "Q4_K_M, Q5_K_M, Q6_K, Q8_0  ctx 8192  budget  9,155 MiB  floor 10 tok/s" in lines[0]

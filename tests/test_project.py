@@ -627,9 +627,13 @@ def test_init_then_build_makes_a_verified_bundle(demo_base, tmp_path: Path,
     result = _run("build", "--config", "coach/edgetune.yaml", "--steps", "2", "--out", "out")
     assert result.exit_code == 0, result.output + result.stderr + repr(result.exception)
     bundle = tmp_path / "out" / "bundle"
-    assert verify_bundle(bundle, home / "keys" / "edgetune.pub").files == 17  # 3 GGUFs, 7 docs, 7 personas
+    # Q4_K_X ships (with its two recipe files) only where it beat Q4_K_M.
+    mix = json.loads((bundle / "eval.json").read_text())["quants"]["Q4_K_X"]["mix"]
+    shipped = ["Q4_K_X"] if mix["ships"] else []
+    # 3 GGUFs (+ the mix and its 2 recipe files), 7 docs, 7 personas
+    assert verify_bundle(bundle, home / "keys" / "edgetune.pub").files == 17 + 3 * len(shipped)
     manifest = json.loads((bundle / "edgetune.json").read_text())
-    assert sorted(a["quant"] for a in manifest["artifacts"]) == ["Q4_K_M", "Q5_K_M", "Q8_0"]
+    assert sorted(a["quant"] for a in manifest["artifacts"]) == ["Q4_K_M", *shipped, "Q5_K_M", "Q8_0"]
     assert (bundle / "coach-Q4_K_M.gguf").is_file()
     assert manifest["training"]["steps"] == 2 and manifest["version"] == "0.1.0"
     assert manifest["creator"]["name"] == "edgetune user"

@@ -83,3 +83,18 @@ def test_accuracy_is_not_passed_when_it_cannot_be_judged(report):
         check = report["quants"][quant]["gate"]["checks"]["accuracy_drop"]
         assert check.get("passed") is not True, (quant, check)
         assert "cannot judge" in json.dumps(check), (quant, check)
+
+
+def test_the_measured_mix_beats_q4_k_m_on_both_texts_at_its_size(report):
+    """Issue 20 on real weights: Q4_K_X, chosen on the calibration rows, is no larger than plain
+    Q4_K_M (+1%) and has at least 25% less mean KLD on each text, with top-1 no lower; none of
+    its 576-wide matrices got a type llama.cpp would have swapped (nothing fell back)."""
+    q = report["quants"]
+    mix, q4 = q["Q4_K_X"], q["Q4_K_M"]
+    assert mix["size_bytes"] <= 1.01 * q4["size_bytes"]
+    for text in (HELD_OUT, GENERAL):
+        assert mix["texts"][text]["kld_mean"] <= 0.75 * q4["texts"][text]["kld_mean"], text
+        assert mix["texts"][text]["top1"] >= q4["texts"][text]["top1"], text
+    assert mix["k_quant_fallbacks"] == 0
+    verdict = mix["mix"]  # the gated figures are the worse of the two texts
+    assert verdict["kld_change"] <= -0.25 and verdict["top1_change"] >= 0, verdict

@@ -373,7 +373,7 @@ def test_build_writes_the_report_page_to_out_and_to_the_bundle(demo_build, tmp_p
         p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file())
     settings = dict(row for row in next(t for t in page.tables if t[0][0] == "method"))
     assert settings["device"] == training_config(log)["device"]
-    assert verify_bundle(bundle, public_key).files == 17
+    assert verify_bundle(bundle, public_key).files == 20  # with Q4_K_X and its recipe files
 
 
 # --------------------------------------------------------------------------- GGUF files
