@@ -65,6 +65,9 @@ EAGER = {"compile_generation": False}
 VARIANTS = {
     "trl": ("trl", 16, {}, {}, EAGER),
     "trl-compiled": ("trl", 16, {}, {}, {"compile_generation": True}),
+    # transformers' continuous batching (paged attention): finished sequences leave the batch,
+    # so it can only win where completions end at EOS (the @eos scenario).
+    "trl-cb": ("trl", 16, {"use_transformers_continuous_batching": True}, {}, EAGER),
     "trl-4bit-compiled": ("trl", 4, {}, {}, {"compile_generation": True}),
     "unsloth-16bit-compiled": ("unsloth", 16, {}, {"UNSLOTH_DECODE_CUDA_GRAPHS": "0"},
                                {"compile_generation": True}),
@@ -167,7 +170,8 @@ class WorkerProcess:
                 [sys.executable, __file__, "--worker", "--variant", self.variant,
                  "--model-dir", str(model_dir), "--ctl-in", str(to_child), "--ctl-out", str(to_parent),
                  "--steps", str(args.steps), "--warmup", str(args.warmup), "--rounds", str(rounds),
-                 "--generations", str(args.generations), "--new-tokens", str(args.new_tokens)],
+                 "--generations", str(args.generations), "--new-tokens", str(args.new_tokens),
+                 *(["--profile"] if args.profile else [])],
                 env=env, stdout=out, stderr=subprocess.STDOUT, pass_fds=(to_child, to_parent),
                 start_new_session=True)
         os.close(to_child)
@@ -320,6 +324,10 @@ def main() -> None:
                         help="comma-separated, run in this order every round; VARIANT@eos runs it on "
                              f"the model that stops at EOS. Known: {', '.join(VARIANTS)}")
     parser.add_argument("--eos", action="store_true", help="also run every variant @eos")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile the GPU kernels of one generate call in the last warm-up "
+                             "step of each variant (with --serial-start, so no other worker "
+                             "shares the GPU then); kept under workers[].kernel_profile")
     parser.add_argument("--baseline", default="trl", help="ratios are taken against this variant")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (each runs every variant once)")
     parser.add_argument("--steps", type=int, default=2, help="measured optimizer steps per variant per round")

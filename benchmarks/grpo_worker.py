@@ -42,6 +42,7 @@ class Timers:
 
     def __init__(self, cuda: bool, eos_ids: list[int]):
         self.cuda, self.eos_ids, self.events, self._depth = cuda, eos_ids, [], 0
+        self.profile_next, self.profile = False, None  # --profile: one generate call, profiled
 
     def sync(self) -> None:
         if self.cuda:
@@ -60,7 +61,11 @@ class Timers:
             try:
                 timers.sync()
                 start = time.perf_counter()
-                out = original(obj, *a, **kw)
+                if kind == "generate" and timers.profile_next and timers.cuda:
+                    timers.profile_next = False
+                    out, timers.profile = profiled(original, obj, *a, **kw)
+                else:
+                    out = original(obj, *a, **kw)
                 timers.sync()
                 end = time.perf_counter()
             finally:
@@ -116,12 +121,47 @@ class Timers:
         return out
 
 
+# Kernel name fragments -> what the time went to (first match wins; lower-case).
+KERNEL_KINDS = (("attention", ("flash", "fmha", "attention", "sdpa")),
+                ("matmul", ("gemm", "gemv", "cutlass", "xmma", "cublas", "sm90", "matmul", "mm_")),
+                ("sampling", ("sort", "radix", "topk", "multinomial", "softmax", "argmax", "cumsum")),
+                ("copy/cat", ("copy", "cat", "fill", "index", "scatter", "gather")),
+                ("fused (triton)", ("triton",)),
+                ("elementwise", ("elementwise", "vectorized", "unrolled", "reduce")))
+
+
+def profiled(call, *a, **kw):
+    """Run ``call`` under torch.profiler; CUDA kernel time by kind and the top kernels."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        out = call(*a, **kw)
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.key_averages() if getattr(e, "device_type", None) is not None
+               and str(e.device_type).endswith("CUDA")]
+    total_us = sum(e.self_device_time_total for e in kernels) or 1.0
+    by_kind: dict[str, float] = {}
+    for e in kernels:
+        name = e.key.lower()
+        kind = next((k for k, frags in KERNEL_KINDS if any(f in name for f in frags)), "other")
+        by_kind[kind] = by_kind.get(kind, 0.0) + e.self_device_time_total
+    top = sorted(kernels, key=lambda e: -e.self_device_time_total)[:15]
+    return out, {"gpu_busy_ms": round(total_us / 1e3, 1),
+                 "kernel_launches": sum(e.count for e in kernels),
+                 "share_by_kind": {k: round(v / total_us, 3) for k, v in sorted(
+                     by_kind.items(), key=lambda kv: -kv[1])},
+                 "top_kernels": [{"name": e.key[:120], "calls": e.count,
+                                  "ms": round(e.self_device_time_total / 1e3, 2)} for e in top]}
+
+
 class Pacer:
     """The step callback: measures steps and waits for the parent between rounds."""
 
     def __init__(self, channel: Channel, timers: Timers, *, warmup: int, steps: int, peak,
                  config_of):
         self.channel, self.timers, self.warmup, self.steps = channel, timers, warmup, steps
+        self.profile = False
         self.peak, self.config_of = peak, config_of
         self.count, self.mark, self.round = 0, time.perf_counter(), []
         self.started = self.mark
@@ -139,10 +179,13 @@ class Pacer:
         self.count += 1
         if self.count < self.warmup:
             self.mark = now
+            self.timers.profile_next = self.profile and self.count == self.warmup - 1
             return
         if self.count == self.warmup:
             self.channel.send({"event": "ready", "startup_s": round(now - self.started, 1),
                                "last_warmup_step_s": round(now - self.mark, 3),
+                               **({"kernel_profile": self.timers.profile}
+                                  if self.timers.profile else {}),
                                "peak_allocated_gib": self.peak(), **self.config_of()})
             self._wait()
             return
@@ -206,6 +249,7 @@ def run(args, channel: Channel) -> None:
 
         pacer = Pacer(channel, timers, warmup=args.warmup, steps=args.steps, peak=peak,
                       config_of=config_of)
+        pacer.profile = bool(getattr(args, "profile", False))
         try:
             train(str(args.model_dir), rows, config, out, on_step=pacer.on_step,
                   trainer_overrides=overrides)
