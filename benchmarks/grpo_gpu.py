@@ -61,14 +61,22 @@ SHAPES = {
 # scope), "1" forces the graphed decode step, "0" forces the eager one. compile_generation: the
 # TRL backend's static KV cache + CUDA-graphed decode (edgetune.training.runner.compile_generation); the
 # TRL baseline runs with it off, i.e. with TRL's own defaults.
-EAGER = {"compile_generation": False}
+# autocast_generation: bf16 autocast around generate (edgetune.training.runner.autocast_generation,
+# on by default since 3d6c8d3's profile); off in the variants that stand for the paths before it.
+EAGER = {"compile_generation": False, "autocast_generation": False}
+COMPILED = {"compile_generation": True, "autocast_generation": False}
 VARIANTS = {
     "trl": ("trl", 16, {}, {}, EAGER),
-    "trl-compiled": ("trl", 16, {}, {}, {"compile_generation": True}),
+    "trl-compiled": ("trl", 16, {}, {}, COMPILED),
+    # Today's default TRL path on CUDA: compiled decode + LoRA in bf16 while generating.
+    "trl-compiled-bf16": ("trl", 16, {}, {}, {"compile_generation": True,
+                                               "autocast_generation": True}),
+    "trl-4bit-compiled-bf16": ("trl", 4, {}, {}, {"compile_generation": True,
+                                                  "autocast_generation": True}),
     # transformers' continuous batching (paged attention): finished sequences leave the batch,
     # so it can only win where completions end at EOS (the @eos scenario).
     "trl-cb": ("trl", 16, {"use_transformers_continuous_batching": True}, {}, EAGER),
-    "trl-4bit-compiled": ("trl", 4, {}, {}, {"compile_generation": True}),
+    "trl-4bit-compiled": ("trl", 4, {}, {}, COMPILED),
     "unsloth-16bit-compiled": ("unsloth", 16, {}, {"UNSLOTH_DECODE_CUDA_GRAPHS": "0"},
                                {"compile_generation": True}),
     "unsloth-16bit": ("unsloth", 16, {}, {"UNSLOTH_DECODE_CUDA_GRAPHS": ""}, {}),
@@ -349,7 +357,7 @@ def main() -> None:
     parser.add_argument("--commit", help="the commit measured, when the tree has no .git (else git says)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "grpo_gpu.json")
     parser.add_argument("--model-cache", type=Path, default=Path(tempfile.gettempdir()) / "edgetune-bench")
-    parser.add_argument("--default-variant", default="trl-compiled",
+    parser.add_argument("--default-variant", default="trl-compiled-bf16",
                         help="edgetune's default GPU path (what `--backend auto` does)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)

@@ -228,7 +228,8 @@ def schema() -> dict[str, dict[str, _Field]]:
             "seed": _integer(0), "backend": _choice("auto", "trl", "unsloth"),
             "base_bits": _choice(None, 4, 16), "checkpoint_every": _integer(0),
             "sft_batch_size": _integer(1), "max_seq_length": _integer(8),
-            "compile_generation": _choice(None, True, False), "gpus": _integer(1),
+            "compile_generation": _choice(None, True, False),
+            "autocast_generation": _choice(None, True, False), "gpus": _integer(1),
         },
         "persona": {
             "name": _optional(_text()), "system_prompt": _optional(_text()),

@@ -44,6 +44,10 @@ class TrainConfig:
     # GRPO with the TRL backend on CUDA: decode with a static KV cache and a CUDA-graphed forward
     # (torch.compile). None: on where it applies. See runner.compile_generation.
     compile_generation: bool | None = None
+    # GRPO on CUDA: decode under bf16 autocast. PEFT keeps LoRA weights in fp32, so outside the
+    # training step's autocast every adapter ran as fp32 GEMMs while decoding. None: on where the
+    # model computes in bf16. See runner.autocast_generation.
+    autocast_generation: bool | None = None
     # GPUs of this machine to train on. 1: in this process. More: the same run through
     # `accelerate launch` (edgetune.training.distributed); each GPU takes prompts_per_step prompts.
     gpus: int = 1
@@ -80,7 +84,8 @@ class TrainConfig:
     def fingerprint(self) -> dict:
         """The settings a resumed run must share with the run it continues (steps may grow)."""
         data = dataclasses.asdict(self)
-        for free in ("steps", "backend", "checkpoint_every", "compile_generation", "gpus"):
+        for free in ("steps", "backend", "checkpoint_every", "compile_generation",
+                     "autocast_generation", "gpus"):
             data.pop(free)
         data["rewards"] = list(self.rewards)
         return data

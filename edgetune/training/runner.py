@@ -110,12 +110,18 @@ def run_trainer(backend, base, data, config, work, init_adapter, resume_from, lo
             or (config.compile_generation is None and backend.name == "trl"))
         if compiled:
             compile_generation(trainer, config)
+        # Auto on the TRL backend where the model computes in bf16 (Unsloth has its own decode).
+        autocast = cuda and (config.autocast_generation or (
+            config.autocast_generation is None and loaded.bf16 and backend.name == "trl"))
+        if autocast:
+            autocast_generation(trainer)
 
     effective = effective_config(trainer.args, config, backend=backend.name, device=loaded.device,
                                  base_bits=loaded.base_bits)
     effective.update(loaded.extra)
     if config.method == "grpo":
         effective["compiled_generation"] = compiled
+        effective["autocast_generation"] = autocast
     if strategy != "single":
         effective.update(gpus=trainer.accelerator.num_processes, distributed=strategy)
     note("effective settings: " + ", ".join(f"{k}={v}" for k, v in effective.items()))
@@ -223,6 +229,30 @@ def compile_generation(trainer, config: TrainConfig) -> None:
                                               mode="reduce-overhead")
     if isinstance(getattr(trainer, "generation_kwargs", None), dict):  # re-applied per generate
         trainer.generation_kwargs["cache_implementation"] = "static"
+
+
+def autocast_generation(trainer) -> None:
+    """Decode under bf16 autocast, as the training step's forward already runs.
+
+    PEFT keeps LoRA weights in fp32 (``autocast_adapter_dtype``), and TRL generates outside the
+    accelerator's autocast: every adapter of every decode step ran as fp32 GEMMs. Profiled on an
+    H100 (Qwen2.5-1.5B shape, LoRA r=16 on 7 projections, CUDA-graphed decode), the top kernel of
+    a generate call was cutlass's fp32 SIMT SGEMM, and fp32 GEMMs with their split-K reductions
+    took ~35% of its GPU time (benchmarks/results/grpo_gpu.json, ``kernel_profile``). Under
+    autocast they run on bf16 tensor cores. The log-probs that train are computed again in the
+    loss's forward (under autocast already), so generation now matches it more closely.
+    Patched on the model instance: TRL calls ``unwrapped_model.generate``, the same object.
+    """
+    import torch
+
+    model = trainer.model
+    generate = model.generate
+
+    def generate_bf16(*args, **kwargs):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return generate(*args, **kwargs)
+
+    model.generate = generate_bf16
 
 
 def effective_config(args, config: TrainConfig, *, backend: str, device: str, base_bits: int) -> dict:
