@@ -97,6 +97,7 @@ def test_default_thresholds():
         "Q6_K": QuantThresholds(0.02, 0.93, 1.02, 0.05),
         "Q5_K_M": QuantThresholds(0.05, 0.90, 1.05, 0.05),
         "Q4_K_M": QuantThresholds(0.10, 0.85, 1.10, 0.05),
+        "Q4_K_X": QuantThresholds(0.10, 0.85, 1.10, 0.05),  # the measured mix: Q4_K_M's limits
         "Q4_0": QuantThresholds(0.15, 0.80, 1.15, 0.05),
     }
     # Each limit is looser than the one of the next bigger quant.
@@ -112,7 +113,7 @@ def test_hand_built_profile_gets_the_defaults():
                      memory_budget_mb=1000)
     assert p.eval_context == 512 and p.ram_gb is None and p.min_decode_tps is None
     # every quant below 8 bits gets the domain imatrix (issue 18: Q4 only inverted verdicts)
-    assert p.imatrix_quants == ("Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K")
+    assert p.imatrix_quants == ("Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K", "Q4_K_X")
     assert p.thresholds == DEFAULT_THRESHOLDS and p.thresholds is not DEFAULT_THRESHOLDS
     assert p.memory_budget_bytes == 1000 * MIB
     assert hash(p) == hash(dataclasses.replace(p))  # still hashable despite the dict field
@@ -126,10 +127,10 @@ def test_targets_command_lists_every_profile():
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert [line.split()[0] for line in lines] == available_profiles()
-    assert lines[2] == ("phone-4gb  Q4_K_M, Q4_K_X, Q4_0        ctx 2048  budget  2,288 MiB  "
+    assert lines[2] == ("phone-4gb  Q4_K_M, Q4_K_X, Q4_0          ctx 2048  budget  2,288 MiB  "
                         "floor 30 tok/s   Entry-level phone (4 GB RAM) running llama.cpp-based "
                         "apps on the CPU")
-    assert "Q4_K_M, Q5_K_M, Q6_K, Q8_0  ctx 8192  budget  9,155 MiB  floor 10 tok/s" in lines[0]
+    assert "Q4_K_M, Q5_K_M, Q6_K, Q8_0    ctx 8192  budget  9,155 MiB  floor 10 tok/s" in lines[0]
 
 
 # --------------------------------------------------------------------------- parsing
@@ -170,7 +171,7 @@ def test_every_problem_reported_at_once(tmp_path: Path):
     with pytest.raises(ConfigError) as caught:
         load_profile(str(path))
     w = str(path)
-    choose = "(choose from Q4_0, Q4_K_M, Q5_K_M, Q6_K, Q8_0)"
+    choose = "(choose from Q4_0, Q4_K_M, Q5_K_M, Q6_K, Q8_0, Q4_K_X)"
     expected = (
         f"{w}: colour: unknown field",
         f"{w}: description: must be a non-empty string",

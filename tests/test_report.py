@@ -313,7 +313,7 @@ def test_report_page_holds_the_eval_table_gates_images_and_files(report: dict):
     assert next(t for t in page.tables if t[0][0] == "Quant") == expected
     gates = next(t for t in page.tables if t[0][:2] == ["Quant", "Verdict"])
     assert [row[:2] for row in gates[1:3]] == [["Q8_0", "pass"], ["Q5_K_M", "pass"]]
-    assert gates[3:] == [
+    assert [row for row in gates[3:] if row[0] == "Q4_K_M"] == [
         ["Q4_K_M", "FAIL", "1 of 2 passed; skipped: accuracy_drop", "top-1 agreement 0.9 < 1"]]
     assert "Target phone: gates failed." in " ".join(text.replace("<code>", "").replace(
         "</code>", "").replace('<span class="fail">', "").replace("</span>", "").split())
