@@ -72,7 +72,8 @@ def read_text(path: Path, option: str) -> str:
 # Bits per weight of each quant type, as llama.cpp builds them for 1-8B models (rounded up):
 # enough for a disk estimate, which only has to be right within a factor of two.
 _BITS_PER_WEIGHT = {"Q2_K": 3.0, "Q3_K_S": 3.5, "Q3_K_M": 4.0, "Q3_K_L": 4.3, "IQ4_XS": 4.3,
-                    "Q4_0": 4.6, "Q4_K_S": 4.7, "Q4_K_M": 5.0, "Q5_K_S": 5.6, "Q5_K_M": 5.8,
+                    "Q4_0": 4.6, "Q4_K_S": 4.7, "Q4_K_M": 5.0, "Q4_K_X": 5.0, "Q5_K_S": 5.6,
+                    "Q5_K_M": 5.8,
                     "Q6_K": 6.6, "Q8_0": 8.5, "F16": 16.0, "BF16": 16.0}
 
 
