@@ -10,6 +10,7 @@ editable edgetune among them) are not processed and the wheel's edgetune is the 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -122,5 +123,8 @@ def test_installed_wheel_builds_and_verifies_the_demo(env, demo_base, tmp_path):
     bundle = tmp_path / "out" / "bundle"
     _run(env, "edgetune", "verify", str(bundle), "--key", str(home / "keys" / "edgetune.pub"),
          cwd=work, extra=extra)
+    # Q4_K_X (the measured mix) ships only where it beat Q4_K_M.
+    mix = json.loads((bundle / "eval.json").read_text())["quants"]["Q4_K_X"]["mix"]
     assert sorted(p.name for p in bundle.glob("*.gguf")) == [
-        "edgetune-demo-Q4_K_M.gguf", "edgetune-demo-Q5_K_M.gguf", "edgetune-demo-Q8_0.gguf"]
+        "edgetune-demo-Q4_K_M.gguf", *(["edgetune-demo-Q4_K_X.gguf"] if mix["ships"] else []),
+        "edgetune-demo-Q5_K_M.gguf", "edgetune-demo-Q8_0.gguf"]
