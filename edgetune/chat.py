@@ -139,7 +139,7 @@ class ChatSession:
         self.history: list[dict] = []
         self.last = ReplyInfo()
         self._llm = llamacpp.open_gguf(self.model_path, n_ctx=self.n_ctx)
-        self._format = _chat_formatter(self._llm, self.model_path)
+        self._format = chat_formatter(self._llm, self.model_path)
         self.chat_template = self._llm.metadata["tokenizer.chat_template"]
 
     @property
@@ -330,8 +330,9 @@ def _check_gguf(path: Path) -> None:
                          "Pass a .gguf file or a bundle folder.")
 
 
-def _chat_formatter(llm, path: Path):
-    """The GGUF's chat template as llama-cpp-python's default chat handler builds it."""
+def chat_formatter(llm, path: Path):
+    """The GGUF's chat template as llama-cpp-python's default chat handler builds it (what
+    phone-side apps render; the conversion check compares it with HF's)."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     template = llm.metadata.get("tokenizer.chat_template")

@@ -100,7 +100,7 @@ def check_tokenizer_parity(model_dir: Path, gguf: Path, texts: Sequence[str]) ->
         if getattr(tokenizer, "chat_template", None) and not template:
             raise ParityError("the chat template was lost in conversion",
                               hint="put the template in tokenizer_config.json or chat_template.jinja")
-        chat_tokens = _chat_parity(tokenizer, llm, texts) if template else 0
+        chat_tokens = _chat_parity(tokenizer, llm, gguf, texts) if template else 0
         end = turns.end_of_turn(tokenizer)
         not_eog = [s for s in turns.stop_strings(tokenizer)
                    if not _is_eog(llm, tokenizer.convert_tokens_to_ids(s))]
@@ -125,14 +125,12 @@ def _same_ids(text: str, hf_ids: list[int], cpp_ids: list[int], what: str = "") 
     )
 
 
-def _chat_parity(tokenizer, llm, texts: Sequence[str]) -> int:
+def _chat_parity(tokenizer, llm, gguf: Path, texts: Sequence[str]) -> int:
     """A conversation rendered by HF's template and by llama.cpp's (as llama-cpp-python's chat
     handler renders it for the phone-side apps) must be the same text and the same ids."""
     from jinja2 import TemplateError
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    def token_text(token: int) -> str:
-        return "" if token < 0 else llm.detokenize([token], special=True).decode("utf-8", "replace")
+    from edgetune.chat import chat_formatter
 
     question = texts[0][:200]
     messages = [{"role": "system", "content": "You answer briefly."},
@@ -144,10 +142,7 @@ def _chat_parity(tokenizer, llm, texts: Sequence[str]) -> int:
     except TemplateError:  # a template that refuses a system message
         messages = messages[1:]
         expected = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    formatter = Jinja2ChatFormatter(template=llm.metadata["tokenizer.chat_template"],
-                                    eos_token=token_text(llm.token_eos()),
-                                    bos_token=token_text(llm.token_bos()))
-    rendered = formatter(messages=messages).prompt
+    rendered = chat_formatter(llm, gguf)(messages=messages).prompt
     if rendered != expected:
         at = next((i for i, (a, b) in enumerate(zip(expected, rendered)) if a != b),
                   min(len(expected), len(rendered)))

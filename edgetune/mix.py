@@ -33,7 +33,7 @@ Unsloth's "Dynamic 2.0" recipes are chosen by hand per model and not published a
 
 from __future__ import annotations
 
-import json
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -183,12 +183,8 @@ def relative_error(source, quantised, importance) -> float:
     from gguf.quants import dequantize
 
     row = int(source.shape[0])
-    w_all = np.asarray(source.data).reshape(-1, row) if source.data.ndim == 1 or \
-        source.data.shape[-1] == row else None
-    if w_all is None:  # a quantised source: never the case for an F16 GGUF, but be exact
-        w_all = dequantize(source.data, source.tensor_type).reshape(-1, row)
-    q_bytes = np.asarray(quantised.data)
-    q_bytes = q_bytes.reshape(w_all.shape[0], -1)
+    w_all = np.asarray(source.data).reshape(-1, row)  # an F16 GGUF: F16/F32 values as stored
+    q_bytes = np.asarray(quantised.data).reshape(w_all.shape[0], -1)
     a = np.ones(row) if importance is None else np.asarray(importance, dtype=np.float64)
     err = sig = 0.0
     for lo in range(0, w_all.shape[0], _ROWS_PER_SLICE):
@@ -279,7 +275,7 @@ def write_recipe(assignment: Mapping[str, str], path: Path) -> Path:
     """The ``--tensor-type-file``: one ``^name$=type`` per line (llama-quantize reads regexes,
     searched in order, first match wins; anchored names match exactly one tensor). The format
     has no comments: what chose the types is in the quant's metadata, not here."""
-    lines = [f"^{_escape(name)}$={qtype.lower()}" for name, qtype in sorted(assignment.items())]
+    lines = [f"^{re.escape(name)}$={qtype.lower()}" for name, qtype in sorted(assignment.items())]
     path.write_text("\n".join(lines) + "\n", encoding="ascii")
     return path
 
@@ -332,10 +328,6 @@ def quantise_recipe(f16: Path, out: Path, recipe: Mapping[str, str] | Path, imat
                              hint="check free disk space and that the F16 GGUF loads")
 
 
-def save_search(found: Search, path: Path) -> None:
-    path.write_text(json.dumps(found.summary(), indent=2, sort_keys=True) + "\n")
-
-
 def _kind(name: str) -> str:
     parts = name.split(".")
     return ".".join(parts[2:]) if parts[0] == "blk" and len(parts) > 2 else name
@@ -343,12 +335,6 @@ def _kind(name: str) -> str:
 
 def _row(mats: Sequence[Matrix], name: str) -> int:
     return next(m.row for m in mats if m.name == name)
-
-
-def _escape(name: str) -> str:
-    import re
-
-    return re.escape(name)
 
 
 def _cheapest(by_type: Mapping[str, tuple[int, float]]) -> str:

@@ -225,7 +225,9 @@ def plan_build(project: Project, profile: QuantProfile, out: Path, *,
     add("merge", "merged", tools=train_tools)
     add("convert", "gguf", parity=[data_digest(inputs.splits.eval), persona], tools=llama_tools)
     target = f"targets/{profile.name}/" if per_target else ""
-    mix = [list(profile.mix_types), profile.mix_budget] if "Q4_K_X" in profile.quants else []
+    from edgetune.mix import MIX
+
+    mix = [list(profile.mix_types), profile.mix_budget] if MIX in profile.quants else []
     add("quantise", f"{target}quants", quants=[list(profile.quants), list(profile.imatrix_quants),
                                                *mix],
         calibration=[data_digest(inputs.splits.calibration), persona], tools=llama_tools)

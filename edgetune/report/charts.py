@@ -16,6 +16,7 @@ from typing import Any
 from edgetune.artifacts import atomic_file, write_text_atomic
 from edgetune.report.tables import (
     MARKDOWN_FILE,
+    MIX,
     REFERENCE,
     has_number,
     is_number,
@@ -72,8 +73,8 @@ def quant_chart(report: dict, path: Path) -> Path:
         lo, hi = (min(speeds), max(speeds)) if speeds else (0.0, 1.0)
         norm = Normalize(vmin=lo - 1 if lo == hi else lo, vmax=hi + 1 if lo == hi else hi)
         placed = {quant: (x, y) for quant, x, y, _m in points}
-        if "Q4_K_X" in placed and "Q4_K_M" in placed:  # the measured mix against what it beats
-            ax.annotate("", xy=placed["Q4_K_X"], xytext=placed["Q4_K_M"], zorder=2,
+        if MIX in placed and "Q4_K_M" in placed:  # the measured mix against what it beats
+            ax.annotate("", xy=placed[MIX], xytext=placed["Q4_K_M"], zorder=2,
                         arrowprops=dict(arrowstyle="->", color="0.3", linewidth=1,
                                         shrinkA=7, shrinkB=7))
         for quant, x, y, m in points:
